@@ -1,0 +1,159 @@
+"""The `compactcnn` command: parse arguments, call one stage, print user mistakes as one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compactcnn.errors import UserError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from compactcnn.config import load_config
+    from compactcnn.run import run
+
+    config = load_config(args.config, args.set)
+    run_dir = Path(args.out) if args.out else Path(config.output.dir) / Path(args.config).stem
+    metrics = run(config, run_dir, verbose=args.verbose)
+    summary = {"run_dir": str(run_dir), "keras_accuracy": metrics["keras"]["test_accuracy"]}
+    for name, result in metrics["tflite"].items():
+        summary[f"{name}_accuracy"] = result["accuracy"]
+        summary[f"{name}_gzip_bytes"] = result["gzip_bytes"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from compactcnn import evaluate
+    from compactcnn.config import load_config
+    from compactcnn.data import load_data
+
+    model_path = Path(args.model)
+    config = load_config(None, [f"data.name={args.data}", *args.set])
+    model = evaluate.load_model_file(model_path)
+    data = load_data(config.data)
+    if model_path.suffix == ".keras":
+        result = evaluate.evaluate_keras(model, data.x_test, data.y_test)
+        result.pop("predictions")
+    else:
+        result = evaluate.evaluate_tflite(
+            model_path,
+            data.x_test,
+            data.y_test,
+            threads=args.threads,
+            latency_runs=args.latency_runs,
+        )
+    print(json.dumps({"model": str(model_path), "data": args.data, **result}, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from compactcnn import evaluate
+
+    model_path = Path(args.model)
+    evaluate.load_model_file(model_path)  # a clear error for a missing or corrupt model first
+    results = evaluate.predict_files(model_path, [Path(image) for image in args.images], top=5)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from compactcnn.sweep import run_sweep
+
+    out = run_sweep(args.study, out_dir=args.out, jobs=args.jobs)
+    print(f"results: {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from compactcnn.report import write_report
+
+    path = write_report(
+        args.dir,
+        max_bytes=args.max_bytes,
+        max_latency_ms=args.max_latency_ms,
+        metric=args.metric,
+    )
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="compactcnn",
+        description="Train, prune and quantize CIFAR ResNets; export small, fast TFLite models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train, compress, export and evaluate one model")
+    run.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. train.epochs=3",
+    )
+    run.add_argument("--out", help="run directory (default: <output.dir>/<config name>)")
+    run.add_argument(
+        "--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0, 1 bar, 2 line"
+    )
+    run.set_defaults(func=_run)
+
+    evaluate = commands.add_parser("evaluate", help="measure a .keras or .tflite on a test set")
+    evaluate.add_argument("model", help="model.keras or a .tflite file")
+    evaluate.add_argument("--data", required=True, help="data.name, e.g. cifar10 or sample")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--latency-runs", type=int, default=50)
+    evaluate.set_defaults(func=_evaluate)
+
+    predict = commands.add_parser("predict", help="top-5 classes of image files")
+    predict.add_argument("model", help="model.keras or a .tflite file")
+    predict.add_argument("images", nargs="+", help="image files (any size; resized to 32x32)")
+    predict.set_defaults(func=_predict)
+
+    sweep = commands.add_parser("sweep", help="run every point of a study grid (resumable)")
+    sweep.add_argument("study", help="study YAML, e.g. configs/studies/quick.yaml")
+    sweep.add_argument("--out", help="sweep directory (default: runs/sweeps/<study name>)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at once")
+    sweep.set_defaults(func=_sweep)
+
+    report = commands.add_parser("report", help="tables, charts and the best model of a sweep")
+    report.add_argument("dir", help="sweep directory")
+    report.add_argument("--max-bytes", type=int, help="size budget of the chosen file")
+    report.add_argument("--max-latency-ms", type=float, help="latency budget per image")
+    report.add_argument("--metric", default="tflite.int8.accuracy", help="what 'best' maximizes")
+    report.set_defaults(func=_report)
+
+    try:
+        from compactcnn.vertex import add_vertex_parser
+    except ImportError:  # pragma: no cover - vertex.py is always shipped
+        add_vertex_parser = None
+    if add_vertex_parser is not None:
+        add_vertex_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `compactcnn` console script.
+
+    Returns:
+        0 on success, 2 for a user mistake (printed as one line), 130 when interrupted.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Typed run configuration: dataclasses loaded from YAML, with `--set a.b=value` overrides.
+
+Every section is a dataclass, so a typo in a key or a value of the wrong type is caught before any
+work starts, with a one-line error that names the key. The resolved config is written to
+`<run>/config.yaml`, so a run directory always says exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compactcnn.errors import UserError
+
+DATA_NAMES = ("cifar10", "cifar100", "imagefolder", "sample", "synthetic")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRUNE_SCHEDULES = ("none", "constant", "polynomial")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
+EXPORT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+# Run directories record derived values (global batch, scaled rate) under this key of config.yaml.
+RESOLVED_KEY = "resolved"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are fed.
+
+    Attributes:
+        name: One of cifar10, cifar100, imagefolder, sample, synthetic.
+        path: A local archive or folder. For cifar10/100 it overrides the download; for
+            imagefolder it is required (folder or .tar/.tar.gz with train/ and test/).
+        augment: Pad-4 random crop and horizontal flip on training batches.
+        cutout: Side of the square cut out of each training image (0 disables it).
+        validation_size: Training images held out as a validation set (0 disables it).
+        label_mode: CIFAR-100 only: `fine` (100 classes) or `coarse` (20 superclasses).
+        train_limit: Use at most this many training images (0 means all). For quick trials.
+        test_limit: Use at most this many test images (0 means all).
+        synthetic_size: Images per split for the synthetic source.
+        synthetic_classes: Classes for the synthetic source.
+    """
+
+    name: str = "sample"
+    path: str | None = None
+    augment: bool = True
+    cutout: int = 0
+    validation_size: int = 0
+    label_mode: str = "fine"
+    train_limit: int = 0
+    test_limit: int = 0
+    synthetic_size: int = 256
+    synthetic_classes: int = 10
+
+
+@dataclass
+class ModelConfig:
+    """Which registered architecture to build.
+
+    Attributes:
+        name: A registered model name, e.g. resnet20 (see `compactcnn.models.list_models`).
+    """
+
+    name: str = "resnet20"
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and loop settings.
+
+    Attributes:
+        epochs: Passes over the training set.
+        batch_size: Images per replica per step; the global batch is this times the replicas.
+        precision: float32, mixed_float16 or mixed_bfloat16.
+        learning_rate: Peak learning rate for the reference batch of 128 images (scaled linearly
+            with the global batch when `scale_learning_rate` is on).
+        lr_schedule: constant, step (He et al.: /10 at 50% and 75%), cosine or onecycle.
+        warmup_epochs: Linear warm-up from 0 to the peak, in epochs.
+        momentum: SGD momentum.
+        nesterov: Use Nesterov momentum.
+        weight_decay: L2 penalty on conv and dense kernels (not on BN or biases).
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        scale_learning_rate: Linear scaling rule: multiply the rate by global_batch / 128.
+        steps_per_epoch: Limit the steps per epoch (0 means a full pass).
+        seed: Seed for weights, shuffling and augmentation.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    precision: str = "float32"
+    learning_rate: float = 0.1
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    scale_learning_rate: bool = True
+    steps_per_epoch: int = 0
+    seed: int = 0
+
+
+@dataclass
+class PruneConfig:
+    """Magnitude pruning with tfmot (Zhu & Gupta 2017).
+
+    Attributes:
+        schedule: none, constant or polynomial.
+        initial_sparsity: Sparsity at `begin_epoch` (polynomial only).
+        final_sparsity: Target sparsity in [0, 1).
+        begin_epoch: Epoch at which pruning starts (fractional epochs allowed).
+        end_epoch: Epoch at which the target is reached; null means 75% of training.
+        frequency: Steps between mask updates.
+        power: Exponent of the polynomial decay.
+        m_by_n: Structured sparsity, e.g. [2, 4]: 2 zeros in every 4 input channels.
+        exclude: Regular expressions of layer names to leave dense.
+        from_run: A finished run directory or a model.keras file to fine-tune from.
+    """
+
+    schedule: str = "none"
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.5
+    begin_epoch: float = 0.0
+    end_epoch: float | None = None
+    frequency: int = 100
+    power: float = 3.0
+    m_by_n: list[int] | None = None
+    exclude: list[str] = field(default_factory=list)
+    from_run: str | None = None
+
+
+@dataclass
+class QuantizeConfig:
+    """TFLite export and quantization.
+
+    Attributes:
+        formats: Any of float32, float16, dynamic_int8, int8.
+        calibration_samples: Training images for the int8 representative dataset.
+        int8_io: Input/output type of the full-integer model: uint8, int8 or float32.
+        qat: Fine-tune with quantization-aware training before the int8 export.
+        qat_epochs: Epochs of quantization-aware fine-tuning.
+        qat_learning_rate: Learning rate of the QAT fine-tuning.
+        sparsity_optimization: Add tf.lite.Optimize.EXPERIMENTAL_SPARSITY to every conversion.
+    """
+
+    formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
+    calibration_samples: int = 500
+    int8_io: str = "uint8"
+    qat: bool = False
+    qat_epochs: int = 1
+    qat_learning_rate: float = 0.001
+    sparsity_optimization: bool = False
+
+
+@dataclass
+class DistributeConfig:
+    """Where training runs.
+
+    Attributes:
+        strategy: auto, one_device, mirrored or multi_worker.
+        devices: Explicit devices for one_device/mirrored, e.g. ["/gpu:0", "/gpu:1"].
+        cpu_devices: Split the CPU into this many logical devices (0 leaves it alone). For tests.
+        save_freq: BackupAndRestore frequency in steps (0 means at every epoch end).
+    """
+
+    strategy: str = "auto"
+    devices: list[str] = field(default_factory=list)
+    cpu_devices: int = 0
+    save_freq: int = 0
+
+
+@dataclass
+class OutputConfig:
+    """What is measured and written.
+
+    Attributes:
+        dir: Parent folder of run directories when `--out` is not given.
+        latency_runs: Batch-1 invocations timed per TFLite file.
+        threads: Interpreter threads for TFLite evaluation and latency.
+        tensorboard: Write TensorBoard logs.
+    """
+
+    dir: str = "runs"
+    latency_runs: int = 50
+    threads: int = 2
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks `value` against a field annotation, converting only lossless cases (int -> float)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key '{key}': expected {_type_name(annotation)}, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise UserError(f"config key '{key}': expected {_type_name(annotation)}, got {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(
+            f"config section '{prefix or 'top level'}' must be a mapping, got {values!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise UserError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Builds and validates a Config from plain nested values.
+
+    Raises:
+        UserError: On an unknown key, a wrong type or an invalid value.
+    """
+    values = {key: value for key, value in values.items() if key != RESOLVED_KEY}
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Returns the config as plain nested values, ready for YAML or JSON."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Splits `a.b=value` and parses the value as YAML, so `true`, `3`, `[2, 4]` get their types."""
+    if "=" not in text:
+        raise UserError(f"--set '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # A bare word that YAML reads as something else (e.g. `on`) stays as the user wrote it only
+    # when the field wants a string; _coerce sorts that out.
+    return key, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `a.b=value` overrides to nested values, in order."""
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = values
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {key}: '{part}' is not a config section")
+            node = child
+        node[parts[-1]] = _string_if_wanted(key, value)
+    return values
+
+
+def _string_if_wanted(key: str, value: Any) -> Any:
+    """Keeps `--set data.path=123` a string when the field is a string, as the user meant."""
+    hint: Any = Config
+    for part in key.split("."):
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return value
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            return value  # _build reports the unknown key with the valid choices.
+        hint = hints[part]
+    wants_str = hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint)
+    )
+    if wants_str and isinstance(value, (int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    return value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML config file (or the defaults when `path` is None) and applies overrides.
+
+    Raises:
+        UserError: When the file is missing or unreadable, or any key or value is invalid.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' not found; pass the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            first_line = str(error).splitlines()[0]
+            raise UserError(f"config file '{path}' is not valid YAML: {first_line}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections")
+        values = loaded or {}
+    return from_dict(apply_overrides(values, overrides or []))
+
+
+def save_config(
+    config: Config, path: str | os.PathLike, resolved: dict[str, Any] | None = None
+) -> None:
+    """Writes the config as YAML, atomically.
+
+    Args:
+        config: The config to write.
+        path: Destination file.
+        resolved: Values derived at run time (e.g. the global batch), written under a top-level
+            `resolved:` key for the record; loading the file back ignores them.
+    """
+    values = to_dict(config)
+    if resolved:
+        values[RESOLVED_KEY] = resolved
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(yaml.safe_dump(values, sort_keys=False))
+    os.replace(temporary, path)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"config key '{key}': '{value}' is not one of {', '.join(choices)}")
+
+
+def validate(config: Config) -> None:
+    """Checks values that types alone cannot, with one clear line per problem.
+
+    Raises:
+        UserError: On the first invalid value.
+    """
+    _check_choice("data.name", config.data.name, DATA_NAMES)
+    _check_choice("data.label_mode", config.data.label_mode, ("fine", "coarse"))
+    _check_choice("train.precision", config.train.precision, PRECISIONS)
+    _check_choice("train.lr_schedule", config.train.lr_schedule, LR_SCHEDULES)
+    _check_choice("prune.schedule", config.prune.schedule, PRUNE_SCHEDULES)
+    _check_choice("distribute.strategy", config.distribute.strategy, STRATEGIES)
+    _check_choice("quantize.int8_io", config.quantize.int8_io, ("uint8", "int8", "float32"))
+    for name in config.quantize.formats:
+        _check_choice("quantize.formats", name, EXPORT_FORMATS)
+    if config.data.name == "imagefolder" and not config.data.path:
+        raise UserError("data.name 'imagefolder' needs data.path: a folder or .tar.gz with train/")
+    positive = {
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "prune.frequency": config.prune.frequency,
+        "quantize.calibration_samples": config.quantize.calibration_samples,
+        "output.latency_runs": config.output.latency_runs,
+        "output.threads": config.output.threads,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {value}")
+    non_negative = {
+        "data.cutout": config.data.cutout,
+        "data.validation_size": config.data.validation_size,
+        "data.train_limit": config.data.train_limit,
+        "data.test_limit": config.data.test_limit,
+        "train.learning_rate": config.train.learning_rate,
+        "train.warmup_epochs": config.train.warmup_epochs,
+        "train.weight_decay": config.train.weight_decay,
+        "train.steps_per_epoch": config.train.steps_per_epoch,
+        "quantize.qat_epochs": config.quantize.qat_epochs,
+        "distribute.cpu_devices": config.distribute.cpu_devices,
+        "distribute.save_freq": config.distribute.save_freq,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"config key '{key}' must not be negative, got {value}")
+    if not 0.0 <= config.train.label_smoothing < 1.0:
+        raise UserError("config key 'train.label_smoothing' must be in [0, 1)")
+    _validate_prune(config.prune, config.train.epochs)
+
+
+def _validate_prune(prune: PruneConfig, epochs: int) -> None:
+    for key in ("initial_sparsity", "final_sparsity"):
+        value = getattr(prune, key)
+        if not 0.0 <= value < 1.0:
+            raise UserError(
+                f"config key 'prune.{key}' must be in [0, 1), got {value}; "
+                "use e.g. 0.7 for 70% zeros"
+            )
+    if prune.schedule == "none":
+        return
+    if prune.schedule == "polynomial" and prune.initial_sparsity > prune.final_sparsity:
+        raise UserError("prune.initial_sparsity must not exceed prune.final_sparsity")
+    if prune.begin_epoch < 0:
+        raise UserError(f"prune.begin_epoch must not be negative, got {prune.begin_epoch}")
+    end = prune.end_epoch if prune.end_epoch is not None else 0.75 * epochs
+    if end <= prune.begin_epoch:
+        raise UserError(
+            f"prune.end_epoch ({end}) must be after prune.begin_epoch ({prune.begin_epoch})"
+        )
+    if end > epochs:
+        raise UserError(
+            f"prune.end_epoch ({end}) is past the end of training (train.epochs={epochs}); "
+            "lower it or train longer"
+        )
+    if prune.power <= 0:
+        raise UserError(f"prune.power must be positive, got {prune.power}")
+    if prune.m_by_n is not None and (
+        len(prune.m_by_n) != 2 or not 0 < prune.m_by_n[0] < prune.m_by_n[1]
+    ):
+        raise UserError(f"prune.m_by_n must be [m, n] with 0 < m < n, got {prune.m_by_n}")

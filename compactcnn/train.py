@@ -1,0 +1,237 @@
+"""The training stage: optimizer, learning-rate schedule, loss, callbacks, fit with resume.
+
+Resume rides on Keras' `BackupAndRestore`: it restores weights, optimizer state (so the LR schedule,
+which reads `optimizer.iterations`) and the pruning step, then starts at the interrupted epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+import tf_keras as keras
+
+from compactcnn.config import TrainConfig
+
+# BN scales/offsets and biases are not decayed: decaying them only hurts (Goyal et al. 2017).
+NO_DECAY_VARIABLES = ("gamma", "beta", "bias")
+
+
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle policy (Smith 2018): linear ramp up, then cosine annealing to almost zero.
+
+    Keras has no one-cycle schedule, so this is the one we write ourselves.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.3):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+        if not 0.0 < warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in (0, 1), got {warmup_fraction}")
+        self.peak = peak
+        self.total_steps = total_steps
+        self.warmup_fraction = warmup_fraction
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup_steps = max(1.0, self.warmup_fraction * self.total_steps)
+        start = self.peak / 25.0
+        rising = start + (self.peak - start) * step / warmup_steps
+        progress = tf.clip_by_value(
+            (step - warmup_steps) / max(1.0, self.total_steps - warmup_steps), 0.0, 1.0
+        )
+        falling = self.peak / 1e4 + (self.peak - self.peak / 1e4) * 0.5 * (
+            1.0 + tf.cos(math.pi * progress)
+        )
+        return tf.where(step < warmup_steps, rising, falling)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_fraction": self.warmup_fraction,
+        }
+
+
+def learning_rate_schedule(
+    train_config: TrainConfig, steps_per_epoch: int, peak: float
+) -> keras.optimizers.schedules.LearningRateSchedule | float:
+    """Builds the configured learning-rate schedule.
+
+    Args:
+        train_config: The train section (schedule name, epochs, warm-up).
+        steps_per_epoch: Optimizer steps per epoch.
+        peak: The peak rate, already scaled for the global batch.
+
+    Returns:
+        A Keras schedule indexed by optimizer step, or a float for `constant` without warm-up.
+    """
+    total_steps = max(1, train_config.epochs * steps_per_epoch)
+    warmup_steps = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total_steps - 1)
+    name = train_config.lr_schedule
+    if name == "step":
+        # He et al. 2016: divide by 10 at 50% and 75% of training.
+        boundaries = [int(total_steps * 0.5), int(total_steps * 0.75)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [peak, peak / 10, peak / 100]
+        )
+    if name == "onecycle":
+        return OneCycle(peak, total_steps)
+    if name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else peak,
+            decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=peak if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    if warmup_steps:  # constant with warm-up: a cosine that never decays within training
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=10**12, warmup_target=peak, warmup_steps=warmup_steps
+        )
+    return peak
+
+
+def build_optimizer(train_config: TrainConfig, schedule) -> keras.optimizers.Optimizer:
+    """SGD with (Nesterov) momentum and decoupled weight decay on kernels only.
+
+    Decay lives in the optimizer rather than as kernel regularizers, so it reaches layers wrapped
+    by pruning or quantization unchanged.
+    """
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule,
+        momentum=train_config.momentum,
+        nesterov=train_config.nesterov,
+        weight_decay=train_config.weight_decay or None,
+    )
+    if train_config.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_VARIABLES))
+    return optimizer
+
+
+def compile_model(
+    model: keras.Model,
+    train_config: TrainConfig,
+    optimizer: keras.optimizers.Optimizer,
+) -> None:
+    """Compiles with label-smoothed cross-entropy on one-hot labels and top-1 accuracy."""
+    if train_config.precision == "mixed_float16":
+        # float16 gradients underflow without dynamic loss scaling.
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def one_hot(dataset: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
+    """Turns integer labels into one-hot vectors, which label smoothing needs."""
+    return dataset.map(
+        lambda images, labels: (images, tf.one_hot(labels, num_classes)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+class _EpochStats(keras.callbacks.Callback):
+    """Adds `lr`, the optimizer `step` and `epoch_seconds` to each epoch's logs.
+
+    Placed before CSVLogger, so history.csv records them; summing `epoch_seconds` gives the
+    training time even across restarts.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        step = optimizer.iterations
+        rate = optimizer.learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = rate(step)
+        logs["lr"] = float(keras.backend.get_value(rate))
+        logs["step"] = int(keras.backend.get_value(step))
+        logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def fit(
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    run_dir: Path,
+    write_dir: Path,
+    validation_data: tf.data.Dataset | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    save_freq: int = 0,
+    tensorboard: bool = True,
+    verbose: int = 1,
+) -> None:
+    """Trains `model`, resuming from `run_dir/backup` when an earlier attempt was interrupted.
+
+    Args:
+        model: A compiled model.
+        train_data: An endless dataset of (images, one-hot labels) batches.
+        epochs: Total epochs, counting those finished before a restart.
+        steps_per_epoch: Steps per epoch (the dataset repeats forever).
+        run_dir: The run directory; every worker must pass the same one, because
+            BackupAndRestore coordinates its backup across workers itself.
+        write_dir: Where this worker writes history and logs (the run directory on the chief).
+        validation_data: Optional finite validation dataset.
+        callbacks: Extra callbacks that run before the logging ones (e.g. pruning).
+        save_freq: Back up every this many steps; 0 backs up at each epoch end.
+        tensorboard: Write TensorBoard logs to `write_dir/logs`.
+        verbose: Keras progress output (1 = progress bar, 2 = one line per epoch).
+    """
+    write_dir.mkdir(parents=True, exist_ok=True)
+    history_path = write_dir / "history.csv"
+    # History is logged before the backup is taken: a kill between the two repeats an epoch's
+    # row (dedupe_history drops it) instead of losing it.
+    all_callbacks = [
+        *callbacks,
+        _EpochStats(),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.BackupAndRestore(
+            str(run_dir / "backup"), save_freq=save_freq or "epoch", delete_checkpoint=True
+        ),
+    ]
+    if tensorboard:
+        all_callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), update_freq=50))
+    model.fit(
+        train_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation_data,
+        callbacks=all_callbacks,
+        verbose=verbose,
+    )
+    dedupe_history(history_path)
+
+
+def dedupe_history(path: Path) -> list[dict[str, str]]:
+    """Keeps the last row of each epoch in history.csv.
+
+    A run killed after logging an epoch but before backing it up repeats that epoch on restart.
+    Returns the rows.
+    """
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_epoch = {row["epoch"]: row for row in rows}
+    unique = sorted(by_epoch.values(), key=lambda row: int(row["epoch"]))
+    if len(unique) != len(rows):
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(unique)
+        os.replace(temporary, path)
+    return unique
