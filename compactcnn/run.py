@@ -83,7 +83,7 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
             data.y_train,
             global_batch,
             augment=config.data.augment,
-            cutout=config.data.cutout,
+            cutout=config.data.cutout if config.data.augment else 0,
             seed=config.train.seed,
         ),
         data.num_classes,

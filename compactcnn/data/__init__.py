@@ -1,0 +1,159 @@
+"""Image sources behind one call: `load_data(config) -> ImageData`.
+
+Every source returns raw RGB uint8 images (N, 32, 32, 3) and int32 labels. This module then applies
+what is common to all of them: the seeded validation hold-out and the train/test limits. Sources are
+imported on demand, so `import compactcnn.data` stays light and does not load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compactcnn.config import DataConfig
+from compactcnn.errors import UserError
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclass
+class ImageData:
+    """Decoded images and labels of one source, split into train, validation and test.
+
+    Attributes:
+        x_train: uint8 (N, 32, 32, 3) training images.
+        y_train: int32 (N,) training labels.
+        x_val: uint8 validation images, shape (0, 32, 32, 3) when there is no validation set.
+        y_val: int32 validation labels, shape (0,) when there is no validation set.
+        x_test: uint8 test images.
+        y_test: int32 test labels.
+        class_names: Name of each class, indexed by label.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the model's output width)."""
+        return len(self.class_names)
+
+
+def empty_images() -> tuple[np.ndarray, np.ndarray]:
+    """Returns empty (images, labels) arrays with the right dtypes and shapes."""
+    return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int32)
+
+
+def cache_dir() -> Path:
+    """Folder for downloads and decoded caches: `$COMPACTCNN_DATA`, default ~/.cache/compactcnn."""
+    return Path(os.environ.get("COMPACTCNN_DATA", "~/.cache/compactcnn")).expanduser()
+
+
+def load_data(config: DataConfig, seed: int = 0) -> ImageData:
+    """Loads the configured source and applies the validation hold-out and the limits.
+
+    The validation images are held out of the full training set first (stratified, seeded), then
+    `train_limit` and `test_limit` keep a stratified seeded subset of what remains.
+
+    Args:
+        config: The `data` section of the run config.
+        seed: Seed of the hold-out and subset choices (and of the synthetic source).
+
+    Returns:
+        The images, labels and class names.
+
+    Raises:
+        UserError: When the source is missing or corrupt, or `validation_size` leaves no
+            training images.
+    """
+    data = _load_source(config, seed)
+    generator = np.random.default_rng(seed)
+    x_val, y_val = empty_images()
+    x_train, y_train = data.x_train, data.y_train
+    if config.validation_size:
+        if config.validation_size >= len(y_train):
+            raise UserError(
+                f"data.validation_size={config.validation_size} leaves no training images "
+                f"(the training set has {len(y_train)}); use a smaller validation_size"
+            )
+        held_out, kept = stratified_split(y_train, config.validation_size, generator)
+        x_val, y_val = x_train[held_out], y_train[held_out]
+        x_train, y_train = x_train[kept], y_train[kept]
+    if 0 < config.train_limit < len(y_train):
+        kept, _ = stratified_split(y_train, config.train_limit, generator)
+        x_train, y_train = x_train[kept], y_train[kept]
+    x_test, y_test = data.x_test, data.y_test
+    if 0 < config.test_limit < len(y_test):
+        kept, _ = stratified_split(y_test, config.test_limit, generator)
+        x_test, y_test = x_test[kept], y_test[kept]
+    return dataclasses.replace(
+        data,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+    )
+
+
+def stratified_split(
+    labels: np.ndarray, count: int, generator: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Picks `count` indices at random with each class in proportion to its share of `labels`.
+
+    Args:
+        labels: Class index of each item.
+        count: How many indices to pick.
+        generator: Source of randomness, so the choice is reproducible.
+
+    Returns:
+        (chosen, rest): two sorted index arrays that together cover every item once.
+    """
+    order = generator.permutation(len(labels))
+    shuffled = labels[order]
+    # Each item's position within its class, as a fraction: taking the smallest fractions first
+    # takes every class at the same rate, whatever the class sizes.
+    position = np.zeros(len(labels))
+    for label in np.unique(shuffled):
+        members = shuffled == label
+        position[members] = np.arange(members.sum()) / members.sum()
+    ranked = order[np.lexsort((generator.random(len(labels)), position))]
+    return np.sort(ranked[:count]), np.sort(ranked[count:])
+
+
+def _load_source(config: DataConfig, seed: int) -> ImageData:
+    """Dispatches on `config.name`; each source returns train and test with no validation set."""
+    if config.name in ("cifar10", "cifar100"):
+        from compactcnn.data import cifar
+
+        return cifar.load(config.name, config.path, config.label_mode)
+    if config.name == "imagefolder":
+        from compactcnn.data import imagefolder
+
+        if not config.path:
+            raise UserError(
+                "data.name 'imagefolder' needs data.path: a folder or .tar.gz with train/"
+            )
+        return imagefolder.load(config.path)
+    if config.name == "sample":
+        from compactcnn.data import sample
+
+        return sample.load()
+    if config.name == "synthetic":
+        from compactcnn.data import synthetic
+
+        return synthetic.load(config.synthetic_size, config.synthetic_classes, seed)
+    raise UserError(
+        f"data.name '{config.name}' is unknown; use cifar10, cifar100, imagefolder, sample "
+        "or synthetic"
+    )
