@@ -1,0 +1,399 @@
+"""Study grid -> one run directory per point, each run a subprocess; resumable; results table.
+
+A study YAML names a base config and a grid of `--set` overrides:
+
+    base: ../quickstart.yaml          # relative to the study file
+    set: {train.epochs: 2}            # optional, applied to every point
+    grid: {prune.schedule: [constant, polynomial], prune.final_sparsity: [0.6, 0.7]}
+    sample: 3                         # optional: a seeded random subset of the grid points
+    seed: 0                           # optional: seed of that subset
+
+Every point is validated with `load_config` before anything runs. Each point runs as
+`python -m compactcnn run BASE --set k=v ... --out DIR/runs/<name>` in its own process, which
+isolates TensorFlow state and crashes. A run is finished iff its `metrics.json` exists, so a
+re-launched sweep skips finished runs and re-launches the others (which resume from their backup).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compactcnn.config import load_config
+from compactcnn.errors import UserError
+
+STUDY_KEYS = ("base", "description", "grid", "sample", "seed", "set")
+DEFAULT_SWEEPS_DIR = Path("runs/sweeps")
+ERROR_LINES = 20
+MAX_NAME_LENGTH = 80
+
+# Short readable labels for keys whose leaf name is long; other keys use their leaf name.
+KEY_LABELS = {
+    "final_sparsity": "sparsity",
+    "initial_sparsity": "initsparsity",
+    "learning_rate": "lr",
+    "batch_size": "batch",
+    "weight_decay": "wd",
+    "label_smoothing": "smoothing",
+    "validation_size": "val",
+}
+
+CommandBuilder = Callable[[Path, list[str], Path], list[str]]
+
+
+@dataclass
+class Point:
+    """One grid point: its run name and the `key=value` overrides that define it.
+
+    Attributes:
+        name: Run directory name, unique within the study.
+        values: The overridden config keys (fixed `set:` keys first, then grid keys) and values.
+        overrides: The same as `key=value` texts for `load_config` and `--set`.
+    """
+
+    name: str
+    values: dict[str, Any]
+    overrides: list[str]
+
+
+@dataclass
+class Study:
+    """A validated study: base config, overrides and the expanded points.
+
+    Attributes:
+        path: The study file.
+        base: Absolute path of the base config.
+        fixed: The `set:` overrides applied to every point.
+        grid: Config key -> list of values.
+        sample: Number of grid points drawn at random, or None for all of them.
+        seed: Seed of that draw.
+        points: The points to run, in grid order.
+    """
+
+    path: Path
+    base: Path
+    fixed: dict[str, Any]
+    grid: dict[str, list[Any]]
+    sample: int | None
+    seed: int
+    points: list[Point]
+
+
+def build_command(base: Path, overrides: list[str], run_dir: Path) -> list[str]:
+    """Returns the command that executes one run in a fresh Python process."""
+    command = [sys.executable, "-m", "compactcnn", "run", str(base)]
+    for override in overrides:
+        command += ["--set", override]
+    return command + ["--out", str(run_dir)]
+
+
+def format_value(value: Any) -> str:
+    """Writes a value so that `config.parse_override` reads back exactly the same value."""
+    if isinstance(value, str) and _parses_as_itself(value):
+        return value
+    return json.dumps(value)  # JSON is YAML, so lists, booleans, null and quoted strings survive.
+
+
+def _parses_as_itself(text: str) -> bool:
+    try:
+        return yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        return False
+
+
+def point_name(grid_values: dict[str, Any]) -> str:
+    """Derives a short, filesystem-safe run name from a point's grid values.
+
+    Strings stand for themselves (`resnet44`, `polynomial`), numbers get a label
+    (`sparsity0.7`), booleans become `augment` / `noaugment`.
+
+    Args:
+        grid_values: Config key -> value of the keys that vary in the grid.
+
+    Returns:
+        A name such as `resnet44-polynomial-sparsity0.7`.
+    """
+    parts = []
+    for key, value in grid_values.items():
+        leaf = key.rsplit(".", 1)[-1]
+        label = KEY_LABELS.get(leaf, leaf.replace("_", ""))
+        if isinstance(value, bool):
+            part = label if value else f"no{label}"
+        elif isinstance(value, str):
+            part = value or f"{label}empty"
+        elif isinstance(value, list):
+            part = label + "x".join(str(item) for item in value)
+        elif value is None:
+            part = f"{label}none"
+        else:
+            part = f"{label}{value}"
+        parts.append(re.sub(r"[^A-Za-z0-9._]+", "_", part).strip("._") or label)
+    name = "-".join(parts) or "run"
+    if len(name) > MAX_NAME_LENGTH:
+        name = name[: MAX_NAME_LENGTH - 7].rstrip("-_.") + "-" + _digest(grid_values)
+    return name
+
+
+def _digest(values: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def load_study(study_path: str | os.PathLike) -> Study:
+    """Reads a study YAML, expands its grid and validates every point with `load_config`.
+
+    Raises:
+        UserError: On a missing or malformed study, an unknown study key, an empty grid, or a
+            point whose config is invalid (unknown key, bad value).
+    """
+    study_path = Path(study_path)
+    if not study_path.is_file():
+        raise UserError(f"study file '{study_path}' not found; pass the path of a study YAML")
+    try:
+        study = yaml.safe_load(study_path.read_text())
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"study file '{study_path}' is not valid YAML: {first_line}") from None
+    if not isinstance(study, dict):
+        raise UserError(f"study file '{study_path}' must be a mapping with 'base' and 'grid'")
+    unknown = sorted(set(study) - set(STUDY_KEYS))
+    if unknown:
+        raise UserError(
+            f"unknown study key '{unknown[0]}' in '{study_path}'; "
+            f"valid keys: {', '.join(STUDY_KEYS)}"
+        )
+    if not isinstance(study.get("base"), str):
+        raise UserError(f"study '{study_path}' needs 'base: <config.yaml>' (relative to the study)")
+    base = (study_path.parent / study["base"]).resolve()
+    if not base.is_file():
+        raise UserError(f"study base config '{base}' not found; fix 'base' in '{study_path}'")
+    fixed = study.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise UserError(f"study key 'set' must map config keys to values, got {fixed!r}")
+    grid = study.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise UserError(
+            f"study '{study_path}' has an empty grid; add e.g. 'grid: {{model.name: [resnet20]}}'"
+        )
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid key '{key}' must be a non-empty list of values, got {values!r}")
+        if key in fixed:
+            raise UserError(f"config key '{key}' is both in 'set' and in 'grid'; keep one")
+    sample, seed = study.get("sample"), study.get("seed", 0)
+    if sample is not None and (
+        not isinstance(sample, int) or isinstance(sample, bool) or sample < 1
+    ):
+        raise UserError(f"study key 'sample' must be a positive integer, got {sample!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"study key 'seed' must be an integer, got {seed!r}")
+
+    combinations = [
+        dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+    ]
+    if sample is not None and sample < len(combinations):
+        chosen = sorted(random.Random(seed).sample(range(len(combinations)), sample))
+        combinations = [combinations[index] for index in chosen]
+    points = []
+    for grid_values in combinations:
+        values = {**fixed, **grid_values}
+        overrides = [f"{key}={format_value(value)}" for key, value in values.items()]
+        load_config(base, overrides)  # Raises the one-line UserError that names the bad key.
+        points.append(Point(point_name(grid_values), values, overrides))
+    _make_names_unique(points)
+    return Study(study_path, base, fixed, grid, sample, seed, points)
+
+
+def _make_names_unique(points: list[Point]) -> None:
+    """Appends a digest of the values to names that sanitizing made collide."""
+    counts: dict[str, int] = {}
+    for point in points:
+        counts[point.name] = counts.get(point.name, 0) + 1
+    for point in points:
+        if counts[point.name] > 1:
+            point.name = f"{point.name}-{_digest(point.values)}"
+
+
+def run_sweep(
+    study_path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    jobs: int = 1,
+    *,
+    command_builder: CommandBuilder = build_command,
+) -> Path:
+    """Runs every unfinished point of a study and writes `results.csv` and `results.json`.
+
+    Args:
+        study_path: The study YAML.
+        out_dir: The sweep directory; defaults to `runs/sweeps/<study stem>`.
+        jobs: Runs executed at the same time.
+        command_builder: Builds the command of one run from (base, overrides, run_dir). Tests
+            replace it with a fake runner.
+
+    Returns:
+        The sweep directory.
+
+    Raises:
+        UserError: When the study is invalid (nothing has run then) or `jobs` is below 1.
+    """
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    study = load_study(study_path)
+    sweep_dir = Path(out_dir) if out_dir is not None else DEFAULT_SWEEPS_DIR / study.path.stem
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    _write_text(sweep_dir / "study.yaml", yaml.safe_dump(_resolved_study(study), sort_keys=False))
+
+    pending = [
+        p for p in study.points if not (sweep_dir / "runs" / p.name / "metrics.json").exists()
+    ]
+    finished = len(study.points) - len(pending)
+    if finished:
+        print(f"sweep: {finished} of {len(study.points)} runs already finished, skipping them")
+
+    with ThreadPoolExecutor(max_workers=jobs) as executor:
+        futures = [
+            executor.submit(_execute, point, study.base, sweep_dir, command_builder)
+            for point in pending
+        ]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # On Ctrl-C the running children get the signal too; launch nothing new.
+            for future in futures:
+                future.cancel()
+            raise
+
+    rows = collect_results(sweep_dir, study.points)
+    write_results(sweep_dir, rows)
+    failed = sum(row["status"] == "failed" for row in rows)
+    print(f"sweep: {len(rows) - failed} finished, {failed} failed; results in {sweep_dir}")
+    return sweep_dir
+
+
+def _resolved_study(study: Study) -> dict[str, Any]:
+    return {
+        "study": str(study.path.resolve()),
+        "base": str(study.base),
+        "set": study.fixed,
+        "grid": study.grid,
+        "sample": study.sample,
+        "seed": study.seed,
+        "runs": [{"name": point.name, "set": point.values} for point in study.points],
+    }
+
+
+def _execute(point: Point, base: Path, sweep_dir: Path, command_builder: CommandBuilder) -> None:
+    """Runs one point; on failure writes the last stderr lines to `<run>/error.txt`."""
+    run_dir = sweep_dir / "runs" / point.name
+    error_path = run_dir / "error.txt"
+    error_path.unlink(missing_ok=True)  # A stale error from an earlier attempt would mislead.
+    stdout_path = sweep_dir / "logs" / f"{point.name}.out"
+    stderr_path = sweep_dir / "logs" / f"{point.name}.err"
+    print(f"sweep: start {point.name}", flush=True)
+    started = time.monotonic()
+    # Files, not pipes: a chatty run cannot block on a full pipe, and the logs stay for reading.
+    with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
+        returncode = subprocess.run(
+            command_builder(base, point.overrides, run_dir), stdout=stdout, stderr=stderr
+        ).returncode
+    seconds = time.monotonic() - started
+    if returncode == 0 and (run_dir / "metrics.json").exists():
+        print(f"sweep: done  {point.name} ({seconds:.0f} s)", flush=True)
+        return
+    lines = stderr_path.read_text(errors="replace").splitlines()[-ERROR_LINES:]
+    if returncode == 0:
+        lines.append("the run exited with status 0 but wrote no metrics.json")
+    else:
+        lines.append(f"exit status {returncode}; full log: {stderr_path}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(error_path, "\n".join(lines) + "\n")
+    reason = lines[-2] if len(lines) > 1 else lines[-1]
+    print(f"sweep: FAILED {point.name} ({seconds:.0f} s): {reason}", flush=True)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens nested mappings into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def collect_results(sweep_dir: str | os.PathLike, points: Sequence[Point]) -> list[dict[str, Any]]:
+    """Builds one row per point: name, status, `config.<key>` overrides and flattened metrics.
+
+    The per-layer table `pruning.layers` is left out of the rows (it would add hundreds of
+    columns); it stays in each run's metrics.json.
+
+    Returns:
+        Rows with keys `name`, `status` (finished, failed or pending), `run_dir` (relative to
+        the sweep directory), `config.<key>` for every override, every metric, and `error`.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for point in points:
+        run_dir = sweep_dir / "runs" / point.name
+        row: dict[str, Any] = {
+            "name": point.name,
+            "status": "pending",
+            "run_dir": f"runs/{point.name}",
+        }
+        row.update({f"config.{key}": value for key, value in point.values.items()})
+        metrics_path = run_dir / "metrics.json"
+        error_path = run_dir / "error.txt"
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            if isinstance(metrics.get("pruning"), dict):
+                metrics["pruning"].pop("layers", None)
+            row["status"] = "finished"
+            row.update(flatten(metrics))
+        elif error_path.exists():
+            row["status"] = "failed"
+            row["error"] = error_path.read_text().strip()
+        rows.append(row)
+    return rows
+
+
+def write_results(sweep_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Writes `results.json` (a list of rows) and `results.csv` (their union of columns)."""
+    sweep_dir = Path(sweep_dir)
+    _write_text(sweep_dir / "results.json", json.dumps(rows, indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "error"))
+    columns.append("error")
+    temporary = sweep_dir / "results.csv.tmp"
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_value(value) for key, value in row.items()})
+    os.replace(temporary, sweep_dir / "results.csv")
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

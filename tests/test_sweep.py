@@ -1,0 +1,213 @@
+"""Sweep: study validation, run names, and a resumable sweep driven by a fake runner script."""
+
+import csv
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compactcnn import sweep
+from compactcnn.config import parse_override
+from compactcnn.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Stands in for `python -m compactcnn run BASE --set k=v ... --out RUN_DIR`: logs each call,
+# fails on sparsity 0.7, otherwise writes a metrics.json derived from the overrides.
+FAKE_RUNNER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    args = sys.argv[1:]
+    assert args[0] == "run", args
+    overrides = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
+    run_dir = Path(args[args.index("--out") + 1])
+    with open(Path(__file__).with_name("calls.log"), "a") as log:
+        log.write(run_dir.name + "\\n")
+    if overrides.get("prune.final_sparsity") == "0.7":
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("ValueError: fake failure at 70%", file=sys.stderr)
+        sys.exit(3)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accuracy = 0.8 if overrides.get("prune.schedule") == "polynomial" else 0.7
+    metrics = {
+        "run": {"model": "resnet20", "data": "synthetic"},
+        "keras": {"test_accuracy": accuracy},
+        "pruning": {"overall_sparsity": float(overrides.get("prune.final_sparsity", 0)),
+                    "layers": {"conv": {"params": 10, "zeros": 6, "sparsity": 0.6}}},
+        "tflite": {"int8": {"accuracy": accuracy - 0.01, "gzip_bytes": 1234}},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    """
+)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A base config, a 2x2 study and a command builder that runs the fake runner."""
+    (tmp_path / "base.yaml").write_text("train: {epochs: 4}\nprune: {schedule: polynomial}\n")
+    study_path = tmp_path / "studies" / "tiny.yaml"
+    study_path.parent.mkdir()
+    study_path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "../base.yaml",
+                "set": {"data.name": "synthetic"},
+                "grid": {
+                    "prune.schedule": ["constant", "polynomial"],
+                    "prune.final_sparsity": [0.6, 0.7],
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    runner = tmp_path / "fake_runner.py"
+    runner.write_text(FAKE_RUNNER)
+
+    def fake_command(base, overrides, run_dir):
+        real = sweep.build_command(base, overrides, run_dir)
+        assert real[:3] == [sys.executable, "-m", "compactcnn"]
+        return [sys.executable, str(runner), *real[3:]]
+
+    return study_path, fake_command, tmp_path / "calls.log"
+
+
+def _calls(log: Path) -> list[str]:
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
+def test_sweep_records_failures_continues_and_skips_finished_runs(study, tmp_path):
+    study_path, fake_command, log = study
+    out = tmp_path / "sweep"
+
+    assert sweep.run_sweep(study_path, out, jobs=2, command_builder=fake_command) == out
+
+    names = [
+        "constant-sparsity0.6",
+        "constant-sparsity0.7",
+        "polynomial-sparsity0.6",
+        "polynomial-sparsity0.7",
+    ]
+    assert _calls(log) == names
+    rows = json.loads((out / "results.json").read_text())
+    assert [row["name"] for row in rows] == names
+    by_name = {row["name"]: row for row in rows}
+    finished = by_name["polynomial-sparsity0.6"]
+    assert finished["status"] == "finished"
+    assert finished["config.prune.schedule"] == "polynomial"
+    assert finished["config.data.name"] == "synthetic"
+    assert finished["keras.test_accuracy"] == 0.8
+    assert finished["tflite.int8.gzip_bytes"] == 1234
+    assert not any(key.startswith("pruning.layers") for key in finished)
+    failed = by_name["constant-sparsity0.7"]
+    assert failed["status"] == "failed"
+    assert "ValueError: fake failure at 70%" in failed["error"]
+    assert "exit status 3" in failed["error"]
+    assert "fake failure" in (out / "runs" / "constant-sparsity0.7" / "error.txt").read_text()
+    with (out / "results.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [line["status"] for line in table] == ["finished", "failed", "finished", "failed"]
+    assert table[0]["tflite.int8.accuracy"] == "0.69"
+    assert table[0]["config.prune.final_sparsity"] == "0.6"
+    resolved = yaml.safe_load((out / "study.yaml").read_text())
+    assert resolved["base"] == str((tmp_path / "base.yaml").resolve())
+    assert [run["name"] for run in resolved["runs"]] == names
+
+    # The second launch re-runs only the two unfinished (failed) points.
+    log.unlink()
+    sweep.run_sweep(study_path, out, jobs=1, command_builder=fake_command)
+    assert _calls(log) == ["constant-sparsity0.7", "polynomial-sparsity0.7"]
+
+
+def test_run_that_exits_cleanly_without_metrics_is_failed(study, tmp_path):
+    study_path, _, _ = study
+
+    def silent_command(base, overrides, run_dir):
+        return [sys.executable, "-c", "pass"]
+
+    out = sweep.run_sweep(study_path, tmp_path / "sweep", command_builder=silent_command)
+
+    rows = json.loads((out / "results.json").read_text())
+    assert {row["status"] for row in rows} == {"failed"}
+    assert "wrote no metrics.json" in rows[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"model.nme": ["resnet20"]}}, "unknown config key 'model.nme'"),
+        ({"grid": {"prune.schedule": ["cubic"]}}, "'cubic' is not one of"),
+        ({"grid": {}}, "empty grid"),
+        ({"grid": {"model.name": []}}, "non-empty list"),
+        ({"grid": {"model.name": "resnet20"}}, "non-empty list"),
+        ({"gird": {"model.name": ["resnet20"]}}, "unknown study key 'gird'"),
+        ({"set": {"model.name": "resnet20"}}, "both in 'set' and in 'grid'"),
+        ({"base": "missing.yaml"}, "not found"),
+        ({"sample": 0}, "positive integer"),
+    ],
+)
+def test_invalid_study_is_one_line_error_before_anything_runs(study, tmp_path, change, message):
+    study_path, fake_command, log = study
+    values = {"base": "../base.yaml", "grid": {"model.name": ["resnet20"]}, **change}
+    study_path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+    with pytest.raises(UserError, match=message) as error:
+        sweep.run_sweep(study_path, tmp_path / "sweep", command_builder=fake_command)
+
+    assert "\n" not in str(error.value)
+    assert not log.exists()
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sample_draws_a_seeded_subset_in_grid_order(study):
+    study_path, _, _ = study
+    grid = {"model.name": ["resnet20", "resnet44"], "train.seed": [0, 1, 2, 3]}
+    study_path.write_text(yaml.safe_dump({"base": "../base.yaml", "grid": grid, "sample": 3}))
+
+    first = [point.name for point in sweep.load_study(study_path).points]
+    second = [point.name for point in sweep.load_study(study_path).points]
+
+    assert first == second
+    assert len(first) == 3
+    everything = [f"{m}-seed{s}" for m in grid["model.name"] for s in grid["train.seed"]]
+    assert first == [name for name in everything if name in first]
+
+
+def test_point_names_are_short_readable_and_unique():
+    assert (
+        sweep.point_name(
+            {
+                "model.name": "resnet44",
+                "prune.final_sparsity": 0.7,
+                "data.augment": False,
+                "prune.m_by_n": [2, 4],
+            }
+        )
+        == "resnet44-sparsity0.7-noaugment-mbyn2x4"
+    )
+    assert sweep.point_name({"data.path": "/tmp/my data/x.tar"}) == "tmp_my_data_x.tar"
+    long_name = sweep.point_name({"data.path": "x" * 200})
+    assert len(long_name) <= sweep.MAX_NAME_LENGTH
+    assert long_name != sweep.point_name({"data.path": "x" * 199})
+    points = [
+        sweep.Point(sweep.point_name({"data.path": p}), {"data.path": p}, [])
+        for p in ("a b", "a/b", "c")
+    ]
+    sweep._make_names_unique(points)
+    assert len({point.name for point in points}) == 3
+    assert points[2].name == "c"
+
+
+@pytest.mark.parametrize("value", ["resnet20", "on", "0.7", "", 0.7, 3, True, None, [2, 4]])
+def test_format_value_round_trips_through_parse_override(value):
+    assert parse_override(f"key={sweep.format_value(value)}") == ("key", value)
+
+
+@pytest.mark.parametrize("name, runs", [("quick.yaml", 2), ("seed.yaml", 64)])
+def test_shipped_studies_validate(name, runs):
+    study = sweep.load_study(CONFIGS / "studies" / name)
+    assert len(study.points) == runs
+    assert len({point.name for point in study.points}) == runs
