@@ -1,0 +1,334 @@
+"""Magnitude pruning with tfmot: schedules from the config, wrap/strip, and sparsity reports.
+
+Only Conv2D and Dense kernels are pruned. tfmot's step semantics, which everything here follows:
+`UpdatePruningStep` sets each wrapper's `pruning_step` to 0 when training starts, and every training
+batch increments it before the masks are looked at, so the k-th batch runs at pruning step k. Masks
+are recomputed at steps `begin + i * frequency` up to `end`; in between they stay fixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+# tfmot exports no public name for its wrapper class; its own callbacks use this one.
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+    PruneLowMagnitude,
+)
+
+from compactcnn.config import PruneConfig
+from compactcnn.errors import UserError
+
+_sparsity = tfmot.sparsity.keras
+PRUNABLE_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+
+
+def _step_range(prune_config: PruneConfig, steps_per_epoch: int, epochs: int) -> tuple[int, int]:
+    """Returns tfmot's (begin_step, end_step) for the config.
+
+    The end is moved back onto the last mask update, `begin + n * frequency`, as in Zhu & Gupta:
+    tfmot only prunes at those steps, so an end between two of them would leave the final masks
+    short of `final_sparsity`.
+    """
+    end_epoch = prune_config.end_epoch if prune_config.end_epoch is not None else 0.75 * epochs
+    begin_step = round(prune_config.begin_epoch * steps_per_epoch)
+    end_step = round(end_epoch * steps_per_epoch)
+    updates = (end_step - begin_step) // prune_config.frequency
+    # Training never runs step 0 (the first batch is step 1), so a lone update at step 0 is lost.
+    if updates < 1 and (prune_config.schedule == "polynomial" or begin_step < 1):
+        raise UserError(
+            f"prune.frequency ({prune_config.frequency} steps) is longer than the pruning window "
+            f"(steps {begin_step} to {end_step} at {steps_per_epoch} steps per epoch); "
+            "lower prune.frequency or widen begin_epoch..end_epoch"
+        )
+    return begin_step, begin_step + updates * prune_config.frequency
+
+
+def make_schedule(
+    prune_config: PruneConfig, steps_per_epoch: int, epochs: int
+) -> _sparsity.PruningSchedule | None:
+    """Builds the tfmot pruning schedule of the config.
+
+    Args:
+        prune_config: The `prune` section.
+        steps_per_epoch: Training steps (batches) per epoch.
+        epochs: Training epochs; `end_epoch` None means 0.75 of them.
+
+    Returns:
+        `ConstantSparsity` or `PolynomialDecay` with begin/end steps at
+        `round(epoch * steps_per_epoch)` (the end moved back onto the last mask update), or None
+        for the `none` schedule.
+
+    Raises:
+        UserError: When no mask update would fall inside the pruning window.
+    """
+    if prune_config.schedule == "none":
+        return None
+    begin_step, end_step = _step_range(prune_config, steps_per_epoch, epochs)
+    if prune_config.schedule == "constant":
+        return _sparsity.ConstantSparsity(
+            prune_config.final_sparsity,
+            begin_step=begin_step,
+            end_step=end_step,
+            frequency=prune_config.frequency,
+        )
+    return _sparsity.PolynomialDecay(
+        initial_sparsity=prune_config.initial_sparsity,
+        final_sparsity=prune_config.final_sparsity,
+        begin_step=begin_step,
+        end_step=end_step,
+        power=prune_config.power,
+        frequency=prune_config.frequency,
+    )
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns)
+
+
+def _check_exclude(model: keras.Model, patterns: list[str]) -> None:
+    names = [layer.name for layer in model.layers]
+    for pattern in patterns:
+        try:
+            matches = any(re.search(pattern, name) for name in names)
+        except re.error as error:
+            raise UserError(f"prune.exclude '{pattern}' is not a valid regex: {error}") from None
+        if not matches:
+            raise UserError(
+                f"prune.exclude '{pattern}' matches no layer of {model.name}; "
+                f"layer names look like {', '.join(names[1:4])}"
+            )
+
+
+def wrap(
+    model: keras.Model, prune_config: PruneConfig, steps_per_epoch: int, epochs: int
+) -> keras.Model:
+    """Wraps the model's Conv2D and Dense layers for magnitude pruning, keeping its weights.
+
+    Every other layer is copied as it is, because tfmot cannot wrap some of them (the `Rescaling`
+    input layer). Call it inside `strategy.scope()` when training distributed; each wrapper keeps
+    its layer's dtype policy, so mixed precision works.
+
+    With `m_by_n` = [m, n], tfmot sets the masks once, at step 1, to m zeros in every n input
+    channels and ignores the sparsity schedule; layers whose input channels are not a multiple of
+    n (the first convolution on RGB) cannot hold that pattern and stay dense.
+
+    Args:
+        model: A Functional model, freshly built or trained (its weights are kept).
+        prune_config: The `prune` section.
+        steps_per_epoch: Training steps per epoch.
+        epochs: Training epochs.
+
+    Returns:
+        A new model with `PruneLowMagnitude` wrappers, or `model` itself for the `none` schedule.
+        Train it with `callbacks(...)`.
+
+    Raises:
+        UserError: On an `exclude` pattern that is invalid or matches no layer, when nothing is
+            left to prune, or when the schedule has no mask update.
+    """
+    schedule = make_schedule(prune_config, steps_per_epoch, epochs)
+    if schedule is None:
+        return model
+    _check_exclude(model, prune_config.exclude)
+    m_by_n = tuple(prune_config.m_by_n) if prune_config.m_by_n else None
+    copies: dict[str, keras.layers.Layer] = {}
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        copy = layer.__class__.from_config(layer.get_config())
+        prunable = isinstance(layer, PRUNABLE_LAYER_TYPES) and not _excluded(
+            layer.name, prune_config.exclude
+        )
+        # Conv2D kernels are [height, width, in, out], Dense kernels [in, out].
+        if prunable and m_by_n and int(layer.kernel.shape[-2]) % m_by_n[1] != 0:
+            prunable = False
+        if prunable:
+            copy = _sparsity.prune_low_magnitude(
+                copy,
+                pruning_schedule=schedule,
+                sparsity_m_by_n=m_by_n,
+                # Without it the wrapper takes the global policy, and a float32 layer under
+                # mixed_bfloat16 fails with a bfloat16/float32 Mul mismatch.
+                dtype=layer.dtype_policy,
+            )
+        copies[layer.name] = copy
+        return copy
+
+    wrapped = keras.models.clone_model(model, clone_function=clone_layer)
+    if not any(isinstance(layer, PruneLowMagnitude) for layer in wrapped.layers):
+        raise UserError(
+            f"no Conv2D or Dense layer of {model.name} is left to prune; "
+            "loosen prune.exclude (or prune.m_by_n)"
+        )
+    for layer in model.layers:
+        if layer.weights:
+            # A wrapper's set_weights sets its inner layer's weights, leaving the masks at ones.
+            copies[layer.name].set_weights(layer.get_weights())
+    return wrapped
+
+
+def _pruning_layers(model: keras.Model) -> list[PruneLowMagnitude]:
+    return [layer for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
+
+
+class SparsityLogger(keras.callbacks.Callback):
+    """Adds `sparsity` (of the prunable kernels) and `pruning_step` to the epoch logs.
+
+    Place it after `UpdatePruningStep` (which re-masks the kernels at the epoch end) and before a
+    CSVLogger, which then records both columns.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        logs["sparsity"] = sparsity_report(self.model)["overall_sparsity"]
+        wrappers = _pruning_layers(self.model)
+        if wrappers:
+            logs["pruning_step"] = int(keras.backend.get_value(wrappers[0].pruning_step))
+
+
+def callbacks(log_dir: str | os.PathLike | None) -> list[keras.callbacks.Callback]:
+    """Returns the callbacks a pruned model's `fit` needs, in the order they must run.
+
+    Args:
+        log_dir: TensorBoard folder for the pruning summaries, or None for none.
+            `PruningSummaries` is itself a TensorBoard callback (it also writes the train and
+            validation scalars), so give it a folder of its own, e.g. `<run>/logs/pruning`.
+
+    Returns:
+        `UpdatePruningStep`, `PruningSummaries` and a `SparsityLogger`; put them before the
+        CSVLogger so `history.csv` gets the `sparsity` and `pruning_step` columns.
+    """
+    summaries = [] if log_dir is None else [_sparsity.PruningSummaries(log_dir=str(log_dir))]
+    return [_sparsity.UpdatePruningStep(), *summaries, SparsityLogger()]
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """Removes the pruning wrappers, keeping the pruned (zeroed) kernels.
+
+    Returns:
+        The model with plain layers, sharing their weights with `model`.
+    """
+    return _sparsity.strip_pruning(model)
+
+
+def sparsity_report(model: keras.Model) -> dict:
+    """Counts zeros in a wrapped or stripped model.
+
+    Args:
+        model: A model with or without pruning wrappers.
+
+    Returns:
+        `{"overall_sparsity", "total_params", "nonzero_params", "layers": {name: {"params",
+        "zeros", "sparsity"}}}`. `overall_sparsity` and `layers` cover the Conv2D/Dense kernels
+        (named by their layer, wrapped or not); `total_params`/`nonzero_params` count every weight
+        of the model except the wrappers' masks, thresholds and steps, so a wrapped model and its
+        stripped copy report the same numbers. Plain ints and floats.
+    """
+    layers = []
+    for layer in model.layers:
+        inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
+        layers.append(inner)
+    all_weights = [weight for layer in layers for weight in layer.weights]
+    arrays = keras.backend.batch_get_value(all_weights)
+    values = dict(zip(map(id, all_weights), arrays, strict=True))
+    total = sum(int(value.size) for value in values.values())
+    nonzero = sum(int(np.count_nonzero(value)) for value in values.values())
+    per_layer = {}
+    for layer in layers:
+        if isinstance(layer, PRUNABLE_LAYER_TYPES):
+            kernel = values[id(layer.kernel)]
+            zeros = int(kernel.size - np.count_nonzero(kernel))
+            per_layer[layer.name] = {
+                "params": int(kernel.size),
+                "zeros": zeros,
+                "sparsity": zeros / kernel.size,
+            }
+    kernel_params = sum(entry["params"] for entry in per_layer.values())
+    kernel_zeros = sum(entry["zeros"] for entry in per_layer.values())
+    return {
+        "overall_sparsity": kernel_zeros / kernel_params if kernel_params else 0.0,
+        "total_params": total,
+        "nonzero_params": nonzero,
+        "layers": per_layer,
+    }
+
+
+def write_schedule_csv(
+    prune_config: PruneConfig, steps_per_epoch: int, epochs: int, path: str | os.PathLike
+) -> None:
+    """Writes `step,target_sparsity`: the sparsity the masks are set to at each update.
+
+    Rows are step 0 (no pruning yet), every mask update, and the last training step (holding the
+    last update's target). With `m_by_n` the masks are set once, at step 1, to m/n.
+
+    Args:
+        prune_config: The `prune` section (`none` writes nothing).
+        steps_per_epoch: Training steps per epoch.
+        epochs: Training epochs.
+        path: The CSV file, written atomically.
+    """
+    schedule = make_schedule(prune_config, steps_per_epoch, epochs)
+    if schedule is None:
+        return
+    last_step = steps_per_epoch * epochs
+    if prune_config.m_by_n:
+        m, n = prune_config.m_by_n
+        rows = [(0, 0.0), (1, m / n), (last_step, m / n)]
+    else:
+        begin_step, end_step = schedule.begin_step, schedule.end_step
+        steps = np.arange(begin_step, min(end_step, last_step) + 1, prune_config.frequency)
+        steps = steps[steps >= 1]  # Step 0 never runs in training.
+        _, targets = schedule(tf.constant(steps, tf.int64))
+        targets = np.broadcast_to(targets.numpy(), steps.shape)
+        rows = [(0, 0.0)] + [(int(s), float(t)) for s, t in zip(steps, targets, strict=True)]
+        if rows[-1][0] < last_step:
+            rows.append((last_step, rows[-1][1]))
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["step", "target_sparsity"])
+        writer.writerows((step, f"{target:.6f}") for step, target in rows)
+    os.replace(temporary, path)
+
+
+def resolve_pretrained(from_run: str) -> Path:
+    """Finds the dense model to fine-tune from.
+
+    Args:
+        from_run: A finished run directory (its `model.keras` is used) or a `.keras` file.
+
+    Returns:
+        The path of the `.keras` file.
+
+    Raises:
+        UserError: When the path is missing, not a `.keras` file, or the run is unfinished.
+    """
+    path = Path(from_run).expanduser()
+    if path.is_dir():
+        model_path = path / "model.keras"
+        if not (path / "metrics.json").is_file() or not model_path.is_file():
+            raise UserError(
+                f"prune.from_run '{from_run}' is not a finished run (no metrics.json or "
+                "model.keras); wait for it to finish or pass its model.keras file"
+            )
+        return model_path
+    if not path.is_file():
+        raise UserError(
+            f"prune.from_run '{from_run}' does not exist; pass a finished run directory "
+            "or a .keras file"
+        )
+    if path.suffix != ".keras":
+        raise UserError(
+            f"prune.from_run '{from_run}' is not a .keras file; pass a finished run directory "
+            "or its model.keras"
+        )
+    return path
