@@ -1,0 +1,285 @@
+"""Measures Keras models and TFLite files: accuracy, size, latency, agreement and surviving zeros.
+
+TFLite files are run with LiteRT (`ai_edge_litert`), the runtime a device uses, on raw uint8 pixels.
+An integer-input file gets the pixels quantized with the scale and zero point stored in the file
+itself, so nothing here hides a preprocessing step a device would not do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from compactcnn.errors import UserError
+
+EVAL_BATCH_SIZE = 256
+LATENCY_WARMUP_RUNS = 5
+# Operators whose input 1 is a weight tensor (filter); their biases are input 2 and are not counted.
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Operators the converter puts between a stored weight and its consumer: fp16 or sparse storage.
+_STORAGE_OPS = ("DEQUANTIZE", "DENSIFY")
+
+
+def file_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Returns the file's size on disk and gzip level 9 size (what a download would cost)."""
+    content = Path(path).read_bytes()
+    return {"bytes": len(content), "gzip_bytes": len(gzip.compress(content, compresslevel=9))}
+
+
+def quantize_input(images: np.ndarray, input_details: dict[str, Any]) -> np.ndarray:
+    """Converts raw pixels 0-255 to the input type of a TFLite file.
+
+    Integer inputs use the file's own scale and zero point: q = round(x / scale) + zero_point,
+    clipped to the type's range (the TFLite quantization spec).
+    """
+    dtype = input_details["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return images.astype(dtype)
+    scale, zero_point = input_details["quantization"]
+    if scale == 0:  # Not quantized: the integers are the pixels themselves.
+        return images.astype(dtype)
+    limits = np.iinfo(dtype)
+    quantized = np.round(images.astype(np.float32) / scale) + zero_point
+    return np.clip(quantized, limits.min, limits.max).astype(dtype)
+
+
+def dequantize_output(values: np.ndarray, output_details: dict[str, Any]) -> np.ndarray:
+    """Converts a TFLite output to float probabilities: x = (q - zero_point) * scale."""
+    scale, zero_point = output_details["quantization"]
+    if not np.issubdtype(output_details["dtype"], np.integer) or scale == 0:
+        return values.astype(np.float32)
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+def open_interpreter(
+    path: str | os.PathLike, threads: int = 2, batch_size: int | None = None
+) -> Interpreter:
+    """Returns a LiteRT interpreter with tensors allocated, at `batch_size` when given.
+
+    LiteRT applies its default XNNPACK delegate, which fails to prepare sparse-encoded quantized
+    weights (`Optimize.EXPERIMENTAL_SPARSITY` with dynamic_int8 or int8). Such a file then runs on
+    the builtin kernels, as an app would have to run it.
+    """
+    try:
+        return _allocated_interpreter(path, threads, batch_size, OpResolverType.AUTO)
+    except RuntimeError as error:
+        if "delegate" not in str(error):
+            raise
+    return _allocated_interpreter(
+        path, threads, batch_size, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+
+
+def _allocated_interpreter(
+    path: str | os.PathLike, threads: int, batch_size: int | None, resolver: OpResolverType
+) -> Interpreter:
+    interpreter = Interpreter(
+        model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver
+    )
+    if batch_size is not None:
+        input_details = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(
+            input_details["index"], [batch_size, *input_details["shape"][1:]]
+        )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def predict_tflite(
+    path: str | os.PathLike, images: np.ndarray, threads: int = 2, batch_size: int = EVAL_BATCH_SIZE
+) -> np.ndarray:
+    """Returns the float class probabilities of a TFLite file for raw uint8 images."""
+    batch_size = max(1, min(batch_size, len(images)))
+    interpreter = open_interpreter(path, threads, batch_size)
+    input_details = interpreter.get_input_details()[0]
+    output_details = interpreter.get_output_details()[0]
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        count = len(batch)
+        # Pad the last batch instead of resizing, which would re-plan the whole graph.
+        if count < batch_size:
+            padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, padding])
+        interpreter.set_tensor(input_details["index"], quantize_input(batch, input_details))
+        interpreter.invoke()
+        output = interpreter.get_tensor(output_details["index"])[:count]
+        outputs.append(dequantize_output(output, output_details))
+    return np.concatenate(outputs)
+
+
+def measure_latency(path: str | os.PathLike, image: np.ndarray, threads: int, runs: int) -> float:
+    """Returns the median milliseconds of one batch-1 invocation on a fresh interpreter."""
+    interpreter = open_interpreter(path, threads)
+    input_details = interpreter.get_input_details()[0]
+    interpreter.set_tensor(input_details["index"], quantize_input(image[None], input_details))
+    for _ in range(LATENCY_WARMUP_RUNS):
+        interpreter.invoke()
+    durations = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        durations.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(durations)
+
+
+def evaluate_tflite(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    threads: int = 2,
+    latency_runs: int = 50,
+    reference_predictions: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Measures one TFLite file on raw uint8 images.
+
+    Args:
+        path: The `.tflite` file.
+        images: Raw uint8 images 0-255, NHWC.
+        labels: Integer class indices.
+        threads: Interpreter threads, for accuracy and latency.
+        latency_runs: Timed batch-1 invocations (after a warm-up).
+        reference_predictions: Top-1 classes of the Keras model, for `agreement`.
+
+    Returns:
+        `accuracy`, `bytes`, `gzip_bytes`, `latency_ms` (median per image at batch 1), `threads`,
+        `agreement` (fraction of top-1 equal to the reference, or None), `zeros_fraction` (of
+        the weights) and `input_dtype`.
+    """
+    if Path(path).suffix != ".tflite":
+        raise UserError(f"'{path}' is not a .tflite file; pass an exported TFLite model")
+    input_dtype = load_model_file(path).get_input_details()[0]["dtype"]
+    predictions = np.argmax(predict_tflite(path, images, threads), axis=-1)
+    agreement = None
+    if reference_predictions is not None:
+        agreement = float(np.mean(predictions == np.asarray(reference_predictions)))
+    return {
+        "accuracy": float(np.mean(predictions == np.asarray(labels))),
+        **file_sizes(path),
+        "latency_ms": measure_latency(path, images[0], threads, latency_runs),
+        "threads": threads,
+        "agreement": agreement,
+        "zeros_fraction": count_tflite_zeros(path)["zeros_fraction"],
+        "input_dtype": np.dtype(input_dtype).name,
+    }
+
+
+def count_tflite_zeros(path: str | os.PathLike) -> dict[str, Any]:
+    """Counts the zero-valued weights (conv and fully-connected filters) stored in a TFLite file.
+
+    A float weight counts when it equals 0; a quantized weight when it equals its zero point
+    (per channel). A float16 file is read at its stored fp16 constants. A sparse-encoded weight
+    (`Optimize.EXPERIMENTAL_SPARSITY`) counts its dense size as weights and every element not
+    stored, or stored as zero, as a zero; so the count is the same as for a dense encoding.
+    The converter leaves a tensor dense when sparse encoding would not pay off.
+
+    Returns:
+        `weights` (elements counted), `zeros` and `zeros_fraction` (0.0 when there are no weights).
+    """
+    load_model_file(path)  # A damaged file gets the one-line error, not a flatbuffer trace.
+    # No delegate: XNNPACK would take ownership of the weights and may pack or free them.
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    operators = interpreter._get_ops_details()
+    producers = {int(output): op for op in operators for output in op["outputs"]}
+    details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    weights = zeros = 0
+    counted = set()  # A weight shared by two operators is stored, and counted, once.
+    for op in operators:
+        if op["op_name"] not in _WEIGHT_OPS:
+            continue
+        index = int(op["inputs"][1])
+        while index in producers and producers[index]["op_name"] in _STORAGE_OPS:
+            index = int(producers[index]["inputs"][0])
+        if index in counted:
+            continue
+        counted.add(index)
+        detail = details[index]
+        values = interpreter.get_tensor(index)
+        if detail["sparsity_parameters"]:
+            # A sparse tensor stores only (blocks of) its non-zero values; its shape is dense.
+            size = int(np.prod(detail["shape"]))
+            stored_zero = _zero_points(detail, (values.size,), per_channel=False)
+            weights += size
+            zeros += size - int(np.count_nonzero(values != stored_zero))
+        else:
+            weights += values.size
+            zeros += int(np.count_nonzero(values == _zero_points(detail, values.shape)))
+    return {
+        "weights": weights,
+        "zeros": zeros,
+        "zeros_fraction": zeros / weights if weights else 0.0,
+    }
+
+
+def _zero_points(
+    detail: dict[str, Any], shape: tuple[int, ...], per_channel: bool = True
+) -> np.ndarray | int:
+    """Returns the value that means 0.0 in a tensor, broadcastable to its shape.
+
+    Sparse values lose their channel, so they use the first zero point: TFLite's int8 spec fixes
+    every weight zero point at 0 anyway.
+    """
+    parameters = detail["quantization_parameters"]
+    zero_points = np.asarray(parameters["zero_points"])
+    if zero_points.size <= 1 or not per_channel:
+        return int(zero_points[0]) if zero_points.size else 0
+    broadcast_shape = [1] * len(shape)
+    broadcast_shape[parameters["quantized_dimension"]] = zero_points.size
+    return zero_points.reshape(broadcast_shape)
+
+
+def evaluate_keras(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> dict[str, Any]:
+    """Measures a Keras model that outputs probabilities, on raw uint8 images.
+
+    Returns:
+        `test_accuracy`, `test_loss` (sparse categorical cross-entropy) and `predictions`
+        (top-1 class per image, a numpy array).
+    """
+    probabilities = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    predictions = np.argmax(probabilities, axis=-1)
+    return {
+        "test_accuracy": float(np.mean(predictions == np.asarray(labels))),
+        "test_loss": float(np.mean(loss)),
+        "predictions": predictions,
+    }
+
+
+def load_model_file(path: str | os.PathLike) -> keras.Model | Interpreter:
+    """Loads a `.keras` model or checks a `.tflite` file.
+
+    Returns:
+        The Keras model (uncompiled), or a LiteRT Interpreter with its tensors allocated.
+
+    Raises:
+        UserError: When the file is missing, unreadable, corrupt, truncated or of another kind.
+    """
+    path = Path(path)
+    if path.suffix not in (".keras", ".tflite"):
+        raise UserError(f"'{path}' is not a .keras or .tflite file; pass a model file")
+    if not path.is_file():
+        raise UserError(f"model file '{path}' not found; check the path or rerun the export")
+    try:
+        if path.suffix == ".keras":
+            return keras.models.load_model(path, compile=False)
+        return open_interpreter(path)
+    except Exception as error:  # Loaders raise many types for a damaged file.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"model file '{path}' is corrupt or truncated ({reason}); re-export or re-download it"
+        ) from None

@@ -1,0 +1,221 @@
+"""Quantization-aware training and TFLite export in four formats.
+
+Every exported file keeps the raw-pixel contract: it takes images 0-255 (float32, or uint8/int8 for
+a full-integer file with integer io), because the model's first layer does the normalization.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
+
+from compactcnn.config import EXPORT_FORMATS, QuantizeConfig
+from compactcnn.errors import UserError
+
+# Every model takes raw pixels in this range (docs/DESIGN.md).
+PIXEL_RANGE = (0.0, 255.0)
+_INT8_IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
+# Calibration images are drawn with a fixed seed: training sets can be ordered by class, and a
+# first-N slice would then calibrate on one class only.
+_CALIBRATION_SEED = 0
+
+
+def export(
+    model: keras.Model,
+    quantize_config: QuantizeConfig,
+    calibration_images: np.ndarray,
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Converts a float32 (or quantization-aware) Keras model to TFLite files.
+
+    Args:
+        model: A Keras model taking raw pixels 0-255, float32 layer policies, pruning stripped.
+            A model from `prepare_qat` exports to `int8` with the weights it learned.
+        quantize_config: Formats, calibration size, int8 io type and the sparsity option.
+        calibration_images: Raw uint8 training images, NHWC; used by the `int8` format only.
+        out_dir: Folder that receives `<format>.tflite`; created when missing.
+        formats: Formats to write; defaults to `quantize_config.formats`.
+
+    Returns:
+        A mapping from format name to the written file, in the order of `formats`.
+
+    Raises:
+        UserError: On an unknown format, no calibration images for `int8`, or a failed conversion.
+    """
+    formats = list(quantize_config.formats if formats is None else formats)
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown:
+        raise UserError(
+            f"unknown export format '{unknown[0]}'; choose from {', '.join(EXPORT_FORMATS)}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in formats:
+        converter = _converter(model, name, quantize_config, calibration_images)
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # The converter raises several unrelated types.
+            raise UserError(
+                f"TFLite conversion to '{name}' failed ({_reason(error)}); remove '{name}' from "
+                "quantize.formats or export a float32 model built from TFLite builtin ops"
+            ) from None
+        path = out_dir / f"{name}.tflite"
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(flatbuffer)
+        os.replace(temporary, path)
+        paths[name] = path
+    return paths
+
+
+def _reason(error: Exception) -> str:
+    """Picks the converter's own diagnosis out of its multi-line MLIR message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "error: " in line:
+            return line.rsplit("error: ", 1)[1]
+    return lines[0] if lines else type(error).__name__
+
+
+def _converter(
+    model: keras.Model,
+    name: str,
+    quantize_config: QuantizeConfig,
+    calibration_images: np.ndarray,
+) -> tf.lite.TFLiteConverter:
+    """Configures a converter for one format; see the TFLite post-training quantization guide."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    optimizations = [] if name == "float32" else [tf.lite.Optimize.DEFAULT]
+    if quantize_config.sparsity_optimization:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if name == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif name == "int8":
+        if calibration_images is None or len(calibration_images) == 0:
+            raise UserError(
+                "int8 export needs calibration images; pass training images or drop 'int8' "
+                "from quantize.formats"
+            )
+        converter.representative_dataset = _representative_dataset(
+            calibration_images, quantize_config.calibration_samples
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = _INT8_IO_TYPES[quantize_config.int8_io]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    return converter
+
+
+def _representative_dataset(images: np.ndarray, samples: int):
+    """Returns the generator factory the converter calls to calibrate activation ranges."""
+    count = min(samples, len(images))
+    chosen = np.random.default_rng(_CALIBRATION_SEED).choice(len(images), count, replace=False)
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        # The model normalizes itself, so calibration sees the raw pixels it will get later.
+        # One black and one white pixel pin the input range to exactly 0-255: an integer input
+        # then gets scale 1 (uint8: zero point 0, so it takes raw pixels unchanged).
+        first = images[chosen[0] : chosen[0] + 1].astype(np.float32)
+        first[0, 0, 0, :] = 0.0
+        first[0, 0, 1, :] = 255.0
+        yield [first]
+        for index in chosen[1:]:
+            yield [images[index : index + 1].astype(np.float32)]
+
+    return generate
+
+
+class _RescalingQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantizes only the output of `Rescaling`, so tfmot accepts it (tfmot issue 647).
+
+    The layer has no weights. Its output range is known exactly from the pixel range 0-255, so a
+    fixed quantizer is used instead of a learned one, which would start at tfmot's default
+    [-6, 6] and take thousands of steps to shrink to the real [-1, 1].
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        ends = [np.asarray(pixel) * layer.scale + layer.offset for pixel in PIXEL_RANGE]
+        return [
+            tfmot.quantization.keras.quantizers.FixedQuantizer(
+                num_bits=8,
+                init_min=float(np.min(ends)),
+                init_max=float(np.max(ends)),
+                narrow_range=False,
+            )
+        ]
+
+    def get_config(self):
+        return {}
+
+
+def prepare_qat(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
+    """Builds the quantization-aware version of a float model, with its weights.
+
+    Args:
+        model: A Functional float32 model whose first layer after the input is `Rescaling`,
+            pruning stripped.
+        preserve_sparsity: Use tfmot's prune-preserving scheme, so zero weights stay zero while
+            fine-tuning (plain QAT lets them drift).
+
+    Returns:
+        An uncompiled quantization-aware Keras model taking raw pixels 0-255. Compile and fit it,
+        then `export(..., formats=["int8"])`. Loading it from a file needs `quantize_scope()`.
+    """
+
+    def annotate(layer: keras.layers.Layer) -> keras.layers.Layer:
+        copy = layer.__class__.from_config(layer.get_config())
+        quantize_config = (
+            _RescalingQuantizeConfig() if isinstance(layer, keras.layers.Rescaling) else None
+        )
+        return tfmot.quantization.keras.quantize_annotate_layer(copy, quantize_config)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    scheme = (
+        tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        if preserve_sparsity
+        else tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    )
+    with quantize_scope():
+        qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+    # tfmot's input quantizer learns its range from the batches it sees, starting from [0, 0]:
+    # the model would be useless before its first step, and a data set without pure black or
+    # white pixels would give the int8 file an input scale other than 1. Start at 0-255.
+    for layer in qat_model.layers:
+        if isinstance(layer, QuantizeLayer):
+            for weight in layer.weights:
+                if weight.name.endswith("_min:0"):
+                    weight.assign(PIXEL_RANGE[0])
+                elif weight.name.endswith("_max:0"):
+                    weight.assign(PIXEL_RANGE[1])
+    return qat_model
+
+
+def quantize_scope():
+    """Returns the scope in which a saved quantization-aware model can be loaded."""
+    return tfmot.quantization.keras.quantize_scope(
+        {"_RescalingQuantizeConfig": _RescalingQuantizeConfig}
+    )
