@@ -50,11 +50,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from compactcnn import evaluate
+    from compactcnn.predict import predict_files
 
-    model_path = Path(args.model)
-    evaluate.load_model_file(model_path)  # a clear error for a missing or corrupt model first
-    results = evaluate.predict_files(model_path, [Path(image) for image in args.images], top=5)
+    results = predict_files(args.model, [Path(image) for image in args.images], top=5)
     print(json.dumps(results, indent=2))
     return 0
 

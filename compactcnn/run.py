@@ -208,6 +208,7 @@ def _export_and_evaluate(float_model, qat_model, config, data, write_dir) -> dic
     keras_metrics = evaluate.evaluate_keras(float_model, data.x_test, data.y_test)
     reference = keras_metrics.pop("predictions")
     keras_metrics["params"] = int(float_model.count_params())
+    _atomic_write_text(write_dir / "classes.json", json.dumps(data.class_names))
     temporary = write_dir / "model.tmp.keras"
     float_model.save(temporary)
     os.replace(temporary, write_dir / "model.keras")

@@ -1,0 +1,80 @@
+"""Top-k predictions of a trained model (.keras or .tflite) for image files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compactcnn import evaluate
+from compactcnn.data.imagefolder import decode_image
+from compactcnn.errors import UserError
+
+# Runs write class names here; a .tflite lives one level down, in tflite/.
+CLASSES_FILE = "classes.json"
+
+
+def class_names_for(model_path: Path) -> list[str] | None:
+    """Class names saved by the run that produced `model_path`, or None when there are none."""
+    for folder in (model_path.parent, model_path.parent.parent):
+        candidate = folder / CLASSES_FILE
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def read_images(paths: list[Path]) -> np.ndarray:
+    """Reads image files as raw 32x32 RGB uint8, resizing as needed.
+
+    Raises:
+        UserError: When a file is missing or not an image.
+    """
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"image file '{path}' not found; check the path")
+        images.append(decode_image(path.read_bytes(), str(path)))
+    return np.stack(images)
+
+
+def predict_files(
+    model_path: str | os.PathLike, image_paths: list[Path], top: int = 5
+) -> list[dict[str, Any]]:
+    """Predicts the top classes of each image.
+
+    Args:
+        model_path: A `model.keras` or `.tflite` file from a run.
+        image_paths: Image files of any size and format Pillow reads.
+        top: How many classes to list per image.
+
+    Returns:
+        One entry per image: `{"image", "top": [{"class", "index", "probability"}, ...]}`.
+    """
+    model_path = Path(model_path)
+    model = evaluate.load_model_file(model_path)
+    images = read_images(image_paths)
+    if model_path.suffix == ".keras":
+        probabilities = model.predict(images.astype(np.float32), verbose=0)
+    else:
+        probabilities = evaluate.predict_tflite(model_path, images)
+    names = class_names_for(model_path)
+    results = []
+    for path, row in zip(image_paths, probabilities, strict=True):
+        best = np.argsort(row)[::-1][:top]
+        results.append(
+            {
+                "image": str(path),
+                "top": [
+                    {
+                        "class": names[index] if names else str(index),
+                        "index": int(index),
+                        "probability": round(float(row[index]), 4),
+                    }
+                    for index in best
+                ],
+            }
+        )
+    return results
