@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tf_keras as keras
 
 from compactcnn import distribute, evaluate, prune, quantize, train
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
@@ -47,17 +48,16 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
 
     # The strategy must exist before any other TensorFlow op runs (collectives, logical devices).
     strategy = distribute.create_strategy(config.distribute)
-    import tf_keras as keras
-
     policy = distribute.set_precision(config.train.precision)
-    write_dir, cleanup = distribute.worker_run_dir(run_dir, strategy)
     chief = distribute.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.train.batch_size * replicas
     peak_lr = distribute.scaled_learning_rate(
         config.train.learning_rate, global_batch, REFERENCE_BATCH, config.train.scale_learning_rate
     )
-    write_dir.mkdir(parents=True, exist_ok=True)
+    # Data errors are the commonest user mistake: find them before anything is written.
+    data = load_data(config.data, seed=config.train.seed)
+    write_dir, cleanup = distribute.worker_run_dir(run_dir, strategy)
     save_config(
         config,
         write_dir / "config.yaml",
@@ -69,7 +69,6 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         },
     )
 
-    data = load_data(config.data, seed=config.train.seed)
     steps_per_epoch = config.train.steps_per_epoch or len(data.x_train) // global_batch
     if steps_per_epoch < 1:
         raise UserError(
@@ -191,8 +190,6 @@ def _train_metrics(history, steps_per_epoch, global_batch, wall_seconds, policy)
 
 def _quantization_aware_finetune(float_model, config, strategy, train_data, steps, pruned):
     """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse."""
-    import tf_keras as keras
-
     with strategy.scope():
         qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
         optimizer = keras.optimizers.SGD(

@@ -1,0 +1,121 @@
+"""Smoke tests of the benchmarks: the --quick versions run and write complete, sane results JSON.
+
+They check the plumbing (machine description, commands with wall times, positive rates, ratios
+that are the quotient of the rates measured), never timing targets: the machine is shared.
+"""
+
+import json
+import statistics
+
+import pytest
+
+from bench import common, data_pipeline, runs, tflite_latency, train_throughput
+
+
+def _load(results_dir, name):
+    payload = json.loads((results_dir / f"{name}.json").read_text())
+    assert payload["benchmark"] == name
+    machine = payload["machine"]
+    assert machine["cpu_model"] and machine["cores"] >= 1
+    assert machine["versions"]["tensorflow"]
+    assert machine["date"].startswith("20")
+    first = payload["commands"][0]
+    assert first["command"].startswith(f"python -m bench.{name} --quick")
+    assert first["seconds"] > 0
+    return payload
+
+
+def test_train_throughput_quick_writes_positive_rates_and_paired_ratios(tmp_path):
+    train_throughput.main(
+        ["--quick", "--results-dir", str(tmp_path), "--variants", "baseline,dense"]
+    )
+    payload = _load(tmp_path, "train_throughput")
+    rates = payload["results"]["images_per_second"]
+    assert set(rates) == {"baseline", "dense"}
+    for variant in rates.values():
+        assert len(variant["rounds"]) == payload["settings"]["rounds"] == 2
+        assert all(rate > 0 for rate in variant["rounds"])
+    expected = statistics.median(
+        dense / plain
+        for dense, plain in zip(rates["dense"]["rounds"], rates["baseline"]["rounds"], strict=True)
+    )
+    ratio = payload["results"]["ratios"]["dense/baseline"]
+    assert ratio == pytest.approx(expected, rel=0.01)
+    target = payload["targets"]["dense/baseline >= 1.0 (goal 1.3)"]
+    assert target["value"] == ratio and target["met"] == (ratio >= 1.0)
+    assert payload["targets"]["pruned/dense >= 0.8"]["met"] is None  # not measured
+
+
+def test_data_pipeline_quick_pipeline_outruns_its_own_training(tmp_path):
+    data_pipeline.main(["--quick", "--results-dir", str(tmp_path)])
+    payload = _load(tmp_path, "data_pipeline")
+    rates = payload["results"]["images_per_second"]
+    assert all(rates[name]["median"] > 0 for name in ("pipeline", "baseline_pipeline", "training"))
+    # Iterating batches without a model is always faster than training on them.
+    assert payload["results"]["ratios"]["pipeline/training"] > 1.0
+
+
+def test_tflite_latency_quick_files_latencies_and_zeros(tmp_path):
+    tflite_latency.main(["--quick", "--results-dir", str(tmp_path), "--runs", "6"])
+    payload = _load(tmp_path, "tflite_latency")
+    files = payload["results"]["files"]
+    assert {(row["model"], row["format"]) for row in files} == {
+        ("dense", "float32"),
+        ("dense", "int8"),
+        ("sparse70", "float32"),
+        ("sparse70", "int8"),
+    }
+    for row in files:
+        assert row["latency_ms_1t"] > 0 and row["latency_ms_2t"] > 0
+        assert row["eval_seconds"] > 0 and 0.0 <= row["accuracy"] <= 1.0
+        expected_zeros = 0.7 if row["model"] == "sparse70" else 0.0
+        assert row["zeros_fraction"] == pytest.approx(expected_zeros, abs=0.02)
+    by_key = {(row["model"], row["format"]): row for row in files}
+    # int8 weights take a quarter of the float32 bytes (plus the graph), zeros gzip away.
+    assert by_key["dense", "int8"]["bytes"] < 0.35 * by_key["dense", "float32"]["bytes"]
+    assert by_key["sparse70", "int8"]["gzip_bytes"] < by_key["dense", "int8"]["gzip_bytes"]
+    assert payload["results"]["eval_images"] == 200
+
+
+def test_zero_smallest_zeroes_the_smallest_kernel_entries_only(tmp_path):
+    from compactcnn.models import create_model
+
+    model = create_model("resnet20", 10)
+    sparse = tflite_latency.zero_smallest(model, 0.7)
+    for original, layer in zip(model.layers, sparse.layers, strict=True):
+        if isinstance(layer, tflite_latency.PRUNABLE):
+            before, after = original.kernel.numpy(), layer.kernel.numpy()
+            zeroed = after == 0
+            assert zeroed.mean() == pytest.approx(0.7, abs=0.01)
+            assert abs(before[zeroed]).max() <= abs(before[~zeroed]).min()
+            assert (after[~zeroed] == before[~zeroed]).all()
+
+
+def test_run_key_depends_on_every_setting_and_cached_runs_are_reused(tmp_path):
+    key = common.run_key(common.JPEG_CONFIG, ["train.epochs=10"])
+    assert key == common.run_key(common.JPEG_CONFIG, ["train.epochs=10"])
+    assert key != common.run_key(common.JPEG_CONFIG, ["train.epochs=11"])
+    # A finished run (metrics.json present) is read back without running anything.
+    recorder = common.Recorder("unit", [], settings={})
+    run_dir = tmp_path / f"dense-e10-{key}"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"keras": {"test_accuracy": 0.9}}))
+    args = type("Args", (), {"quick": False, "epochs": 10, "cache_dir": tmp_path})()
+    found_dir, metrics = runs.dense(recorder, args)
+    assert common.resolve(found_dir) == run_dir
+    assert metrics["keras"]["test_accuracy"] == 0.9
+    assert recorder.commands[0]["cached"] is True
+    assert "--set train.epochs=10" in recorder.commands[0]["command"]
+
+
+def test_interleave_alternates_order_and_table_formats():
+    calls = []
+    measured = common.interleave(
+        {"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert measured == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+    assert common.paired_ratio(measured["b"], measured["a"]) == 2.0
+    text = common.table([{"name": "x", "value": 1234.5}, {"name": "long name", "value": None}])
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "value"] and "1234" in lines[2] and lines[3].endswith("-")

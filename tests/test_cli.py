@@ -1,0 +1,100 @@
+"""User mistakes through the real CLI entry point: exit code 2 and exactly one line on stderr."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compactcnn.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPACTCNN_DATA", str(tmp_path / "cache"))
+
+
+def _jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _image_tree(root, extra: dict[str, bytes] | None = None):
+    files = {
+        f"{split}/{name}/{i}.jpg": _jpeg(i)
+        for split in ("train", "test")
+        for name in "ab"
+        for i in range(2)
+    }
+    files.update(extra or {})
+    for name, blob in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(blob)
+    return root
+
+
+def _one_line_error(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ")
+    assert "\n" not in err and "Traceback" not in err
+    assert expected in err
+    return err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epoch: 3\n")
+    _one_line_error(capsys, ["run", str(config), "--out", str(tmp_path / "run")], "train.epoch")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    _one_line_error(capsys, ["run", str(tmp_path / "nope.yaml")], "not found")
+
+
+def test_truncated_archive(tmp_path, capsys):
+    archive = tmp_path / "images.tar.gz"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for i in range(20):
+            blob = _jpeg(i)
+            info = tarfile.TarInfo(f"train/a/{i}.jpg")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    archive.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    argv = ["evaluate", str(tmp_path / "m.keras"), "--data", "imagefolder"]
+    _one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "m.keras")
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--set"]
+    err = _one_line_error(
+        capsys, [*run_argv, "data.name=imagefolder", "--set", f"data.path={archive}"], "archive"
+    )
+    assert str(archive) in err
+
+
+def test_folder_without_train(tmp_path, capsys):
+    (tmp_path / "images" / "test" / "a").mkdir(parents=True)
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    sets = ["--set", "data.name=imagefolder", "--set", f"data.path={tmp_path / 'images'}"]
+    _one_line_error(capsys, [*run_argv, *sets], "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_image_file_among_images(tmp_path, capsys):
+    root = _image_tree(tmp_path / "images", {"train/a/notes.txt": b"not an image"})
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    sets = ["--set", "data.name=imagefolder", "--set", f"data.path={root}"]
+    _one_line_error(capsys, [*run_argv, *sets], "notes.txt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_tflite_to_evaluate_and_predict(tmp_path, capsys):
+    model = tmp_path / "broken.tflite"
+    model.write_bytes(b"TFL3 this is not a flatbuffer")
+    _one_line_error(capsys, ["evaluate", str(model), "--data", "sample"], "corrupt")
+    image = tmp_path / "x.jpg"
+    image.write_bytes(_jpeg(0))
+    _one_line_error(capsys, ["predict", str(model), str(image)], "corrupt")

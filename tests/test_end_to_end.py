@@ -1,0 +1,229 @@
+"""The real `compactcnn` command on the bundled sample: files, metrics, independent checks, resume.
+
+These are the suite's slow tests (about a minute together).
+"""
+
+import csv
+import gzip
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "compactcnn" / "data" / "sample" / "cifar10-sample.tar.gz"
+pytestmark = pytest.mark.slow
+
+
+def compactcnn(*args, env=None, **kwargs):
+    environment = {**os.environ, "COMPACTCNN_DATA": str(env), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "compactcnn", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def sample_test_set():
+    """Decodes the sample's test images here, independently of compactcnn's loader."""
+    images, labels = [], []
+    with tarfile.open(SAMPLE) as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and "/test/" in f"/{m.name}"),
+            key=lambda m: m.name,
+        )
+        classes = sorted({Path(m.name).parent.name for m in members})
+        for member in members:
+            blob = tar.extractfile(member).read()
+            images.append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+            labels.append(classes.index(Path(member.name).parent.name))
+    return np.stack(images), np.array(labels), classes
+
+
+def independent_tflite_accuracy(path, images, labels):
+    """Feeds raw 0-255 pixels one at a time, reading the input quantization from the file."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    output = interpreter.get_output_details()[0]["index"]
+    correct = 0
+    for image, label in zip(images, labels, strict=True):
+        value = image[None].astype(np.float32)
+        if detail["dtype"] != np.float32:
+            scale, zero_point = detail["quantization"]
+            value = np.round(value / scale + zero_point)
+            limits = np.iinfo(detail["dtype"])
+            value = np.clip(value, limits.min, limits.max).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(output)[0]) == label)
+    return correct / len(labels)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quickstart")
+    run_dir = folder / "run"
+    started = time.perf_counter()
+    result = compactcnn(
+        "run",
+        "configs/quickstart.yaml",
+        "--out",
+        str(run_dir),
+        "--verbose",
+        "2",
+        "--set",
+        "train.epochs=5",
+        "--set",
+        "prune.begin_epoch=1",
+        "--set",
+        "prune.end_epoch=4",
+        "--set",
+        "output.latency_runs=5",
+        env=folder / "cache",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result, time.perf_counter() - started, folder
+
+
+def test_quickstart_writes_the_run_directory(quickstart_run):
+    run_dir, result, _, _ = quickstart_run
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "pruning_schedule.csv",
+        "model.keras",
+        "classes.json",
+        "metrics.json",
+        "tflite/float32.tflite",
+        "tflite/float16.tflite",
+        "tflite/dynamic_int8.tflite",
+        "tflite/int8.tflite",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("events.out.tfevents.*"))
+    assert not any(run_dir.rglob("*.tmp*"))
+    assert "Epoch 5/5" in result.stdout
+    with (run_dir / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3, 4]
+
+
+def test_quickstart_metrics_and_pruning_survive_to_tflite(quickstart_run):
+    run_dir = quickstart_run[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["keras"]["test_accuracy"] <= 1.0
+    assert metrics["keras"]["params"] == 274_042
+    assert metrics["train"]["epochs"] == 5 and metrics["train"]["images_per_second"] > 0
+    pruning = metrics["pruning"]
+    assert pruning["overall_sparsity"] == pytest.approx(0.70, abs=0.005)
+    for name, layer in pruning["layers"].items():
+        assert layer["sparsity"] == pytest.approx(0.70, abs=0.01), name
+    model = keras.models.load_model(run_dir / "model.keras")
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    zeros = sum(int((kernel == 0).sum()) for kernel in kernels)
+    assert zeros / sum(kernel.size for kernel in kernels) == pytest.approx(0.70, abs=0.005)
+    float32 = metrics["tflite"]["float32"]
+    assert float32["zeros_fraction"] == pytest.approx(pruning["overall_sparsity"], abs=1e-3)
+    gzip_bytes = len(gzip.compress((run_dir / "tflite/float32.tflite").read_bytes(), 9))
+    assert float32["gzip_bytes"] == gzip_bytes
+    assert gzip_bytes <= 0.45 * metrics["baseline"]["dense_float32_gzip_bytes"]
+    assert metrics["tflite"]["int8"]["input_dtype"] == "uint8"
+    assert metrics["tflite"]["int8"]["bytes"] <= 0.30 * float32["bytes"]
+
+
+def test_independent_evaluation_matches_metrics(quickstart_run):
+    run_dir = quickstart_run[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    images, labels, classes = sample_test_set()
+    assert json.loads((run_dir / "classes.json").read_text()) == classes
+    for name in ("float32", "int8"):
+        accuracy = independent_tflite_accuracy(run_dir / f"tflite/{name}.tflite", images, labels)
+        assert accuracy == pytest.approx(metrics["tflite"][name]["accuracy"], abs=0.002), name
+
+
+def test_evaluate_predict_and_rerun_commands(quickstart_run):
+    run_dir, _, _, folder = quickstart_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result = compactcnn(
+        "evaluate", str(run_dir / "tflite/int8.tflite"), "--data", "sample", env=folder / "cache"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["accuracy"] == metrics["tflite"]["int8"]["accuracy"]
+
+    images, labels, classes = sample_test_set()
+    picture = folder / "picture.png"
+    Image.fromarray(images[0]).resize((64, 64)).save(picture)
+    result = compactcnn("predict", str(run_dir / "model.keras"), str(picture), env=folder / "cache")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (prediction,) = json.loads(result.stdout)
+    assert len(prediction["top"]) == 5
+    assert {entry["class"] for entry in prediction["top"]} <= set(classes)
+    probabilities = [entry["probability"] for entry in prediction["top"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+    before = (run_dir / "metrics.json").stat().st_mtime_ns
+    result = compactcnn(
+        "run", "configs/quickstart.yaml", "--out", str(run_dir), env=folder / "cache"
+    )
+    assert result.returncode == 0 and "already finished" in result.stdout
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        "run", "configs/quickstart.yaml", "--out", str(run_dir), "--verbose", "2",
+        "--set", "data.name=synthetic", "--set", "data.synthetic_size=320",
+        "--set", "train.batch_size=32", "--set", "train.epochs=4",
+        "--set", "train.steps_per_epoch=30",
+        "--set", "prune.begin_epoch=0", "--set", "prune.end_epoch=3",
+        "--set", "quantize.formats=[float32]", "--set", "output.latency_runs=2",
+    ]  # fmt: skip
+    environment = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compactcnn", *args],
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    history = run_dir / "history.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 logged
+            time.sleep(0.5)  # into epoch 2
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    result = compactcnn(*args, env=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 1/4" not in result.stdout  # resumed, not restarted
+    assert "Epoch 4/4" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train"]["epochs"] == 4
+    assert metrics["pruning"]["overall_sparsity"] == pytest.approx(0.70, abs=0.005)
+    with history.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    assert [int(row["step"]) for row in rows] == [30, 60, 90, 120]
+    # The pruning schedule continued after the restart instead of starting over.
+    assert [int(float(row["pruning_step"])) for row in rows] == [30, 60, 90, 120]
+    sparsities = [float(row["sparsity"]) for row in rows]
+    assert sparsities == sorted(sparsities) and sparsities[0] > 0.2
+    assert not (run_dir / "backup").exists()
