@@ -1,8 +1,9 @@
 """Shared test set-up. Importing compactcnn first selects Keras 2 before TensorFlow loads."""
 
-import compactcnn  # noqa: F401  (must precede any TensorFlow import)
 import numpy as np
 import pytest
+
+import compactcnn  # noqa: F401  (must precede any TensorFlow import)
 
 
 @pytest.fixture

@@ -78,7 +78,11 @@ def test_dedupe_history_keeps_the_last_row_per_epoch(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss\n0,2.0\n1,1.5\n1,1.4\n2,1.2\n")
     rows = train.dedupe_history(path)
-    assert [(row["epoch"], row["loss"]) for row in rows] == [("0", "2.0"), ("1", "1.4"), ("2", "1.2")]
+    assert [(row["epoch"], row["loss"]) for row in rows] == [
+        ("0", "2.0"),
+        ("1", "1.4"),
+        ("2", "1.2"),
+    ]
     with path.open() as handle:
         assert len(list(csv.DictReader(handle))) == 3
 
