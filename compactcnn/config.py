@@ -81,7 +81,7 @@ class TrainConfig:
         learning_rate: Peak learning rate for the reference batch of 128 images (scaled linearly
             with the global batch when `scale_learning_rate` is on).
         lr_schedule: constant, step (He et al.: /10 at 50% and 75%), cosine or onecycle.
-        warmup_epochs: Linear warm-up from 0 to the peak, in epochs.
+        warmup_epochs: Linear warm-up from 0 to the peak, in epochs (at most a fifth of training).
         momentum: SGD momentum.
         nesterov: Use Nesterov momentum.
         weight_decay: L2 penalty on conv and dense kernels (not on BN or biases).

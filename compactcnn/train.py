@@ -72,7 +72,8 @@ def learning_rate_schedule(
         A Keras schedule indexed by optimizer step, or a float for `constant` without warm-up.
     """
     total_steps = max(1, train_config.epochs * steps_per_epoch)
-    warmup_steps = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total_steps - 1)
+    # Warm-up is capped at a fifth of training, so that a short run (say 1 epoch) still anneals.
+    warmup_steps = min(int(round(train_config.warmup_epochs * steps_per_epoch)), total_steps // 5)
     name = train_config.lr_schedule
     if name == "step":
         # He et al. 2016: divide by 10 at 50% and 75% of training.

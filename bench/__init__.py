@@ -1,0 +1,7 @@
+"""Benchmarks of compactcnn: `python -m bench.<name> [--quick]` writes bench/results/<name>.json.
+
+Importing this package imports compactcnn first, which selects Keras 2 (tf_keras) before TensorFlow
+loads; every `bench.*` module runs this file before its own imports.
+"""
+
+import compactcnn  # noqa: F401

@@ -1,0 +1,102 @@
+"""The cached training runs the accuracy benchmarks share: dense, pruned, fine-tuned, baseline.
+
+Each is a `compactcnn run` of configs/resnet20_cifar10_jpeg.yaml (or `python -m bench.baseline`)
+in `<cache>/<label>-<hash of settings>`; a benchmark asking for the same settings as another
+reuses its finished run instead of training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+# Fine-tuning starts from a trained model, so it uses a tenth of the from-scratch peak rate and
+# no warm-up; cosine decay over the fine-tuning epochs as in training.
+FINETUNE_LEARNING_RATE = 0.01
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of the accuracy benchmarks: epochs, fine-tuning epochs, cache folder."""
+    parser.add_argument("--epochs", type=int, default=10, help="dense / from-scratch epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=common.CACHE_DIR, help="where runs are kept and reused"
+    )
+
+
+def quick(args: argparse.Namespace) -> None:
+    """Shrinks the epochs for --quick (the runs themselves get `common.quick_run_overrides`)."""
+    if args.quick:
+        args.epochs, args.finetune_epochs = 1, 1
+
+
+def _run(recorder, args, label: str, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    if args.quick:
+        overrides = overrides + common.quick_run_overrides()
+    return common.compactcnn_run(recorder, label, overrides, args.cache_dir)
+
+
+def dense(recorder, args) -> tuple[Path, dict[str, Any]]:
+    """The dense ResNet-20 trained for `args.epochs`."""
+    return _run(recorder, args, f"dense-e{args.epochs}", [f"train.epochs={args.epochs}"])
+
+
+def finetune(
+    recorder,
+    args,
+    dense_dir: Path,
+    sparsity: float,
+    extra: tuple[str, ...] = (),
+    suffix: str = "",
+) -> tuple[Path, dict[str, Any]]:
+    """The dense run fine-tuned with polynomial pruning to `sparsity` (`prune.from_run`), with
+    `extra` overrides and `suffix` appended to the folder's label."""
+    overrides = [
+        f"train.epochs={args.finetune_epochs}",
+        f"train.learning_rate={FINETUNE_LEARNING_RATE}",
+        "train.warmup_epochs=0",
+        "prune.schedule=polynomial",
+        f"prune.final_sparsity={sparsity}",
+        f"prune.from_run={dense_dir}",
+        *extra,
+    ]
+    label = f"finetune{round(sparsity * 100)}-e{args.epochs}-f{args.finetune_epochs}{suffix}"
+    return _run(recorder, args, label, overrides)
+
+
+def scratch(recorder, args, sparsity: float) -> tuple[Path, dict[str, Any]]:
+    """ResNet-20 pruned from scratch to `sparsity` over `args.epochs`, on the configs/pruning
+    schedule scaled to the run (begin at 1/16 of training, target reached at 3/4)."""
+    overrides = [
+        f"train.epochs={args.epochs}",
+        "prune.schedule=polynomial",
+        f"prune.final_sparsity={sparsity}",
+        f"prune.begin_epoch={0 if args.quick else args.epochs / 16}",
+        f"prune.end_epoch={0.75 * args.epochs}",
+    ]
+    return _run(recorder, args, f"scratch{round(sparsity * 100)}-e{args.epochs}", overrides)
+
+
+def baseline(recorder, args) -> dict[str, Any]:
+    """The plain tf_keras baseline trained for `args.epochs`; returns its metrics."""
+    out = common.relative(Path(args.cache_dir) / f"baseline-e{args.epochs}")
+    command = ["python", "-m", "bench.baseline", "--epochs", str(args.epochs)]
+    if args.quick:
+        out = out.with_name(out.name + "-quick")
+        command += ["--quick", "--steps-per-epoch", "3", "--batch-size", "32"]
+    command += ["--out", str(out)]
+    metrics_path = common.resolve(out) / "metrics.json"
+    if metrics_path.exists():
+        recorder.command(" ".join(command), 0.0, cached=True, run_dir=str(out))
+    else:
+        common.run_command(recorder, command, run_dir=str(out))
+    return json.loads(metrics_path.read_text())
+
+
+def delta_points(accuracy: float, reference: float) -> float:
+    """Accuracy drop from `reference`, in percentage points (positive = worse)."""
+    return round(100 * (reference - accuracy), 2)
