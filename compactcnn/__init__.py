@@ -8,7 +8,8 @@ imported anywhere, so every compactcnn module imports this package first.
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-# TensorFlow's C++ INFO/WARNING lines drown the progress output users care about.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log lines (INFO up to a harmless cuInit ERROR on CPU machines) drown the
+# progress output users care about; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
