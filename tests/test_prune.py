@@ -13,6 +13,7 @@ import tf_keras as keras
 from compactcnn import prune
 from compactcnn.config import PruneConfig
 from compactcnn.errors import UserError
+from tests.tiny import build_tiny_model
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 3
@@ -24,20 +25,7 @@ POLYNOMIAL = dict(
 
 
 def tiny_model(channels: int = 8) -> keras.Model:
-    """The layer kinds of the real ResNets: Rescaling, Conv2D, BN, ReLU, Add, pooling, Dense."""
-    inputs = keras.Input((8, 8, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inputs)
-    x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv1")(x)
-    x = keras.layers.BatchNormalization(name="bn1")(x)
-    shortcut = keras.layers.ReLU(name="relu1")(x)
-    x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv2")(shortcut)
-    x = keras.layers.BatchNormalization(name="bn2")(x)
-    x = keras.layers.Add(name="add")([x, shortcut])
-    x = keras.layers.ReLU(name="relu2")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dense(10, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="tiny")
+    return build_tiny_model(width=channels, num_classes=10, size=8)
 
 
 def random_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
