@@ -22,7 +22,15 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+import yaml
 from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    PercentFormatter,
+)
 
 from compactcnn.config import EXPORT_FORMATS, PRECISIONS
 from compactcnn.errors import UserError
@@ -32,7 +40,9 @@ CHARTS_DIR = "charts"
 BEST_DIR = "best"
 BEST_FILE = "model.tflite"
 
-Block = tuple  # ("h1"|"h2"|"p", text) | ("table", headers, rows) | ("image", relative_path, alt)
+# ("h1"|"h2"|"h3"|"p"|"best", text) | ("image", relative_path, alt)
+# | ("table", headers, rows) | ("table", headers, rows, "fold"): folded in HTML when long.
+Block = tuple
 
 
 # --------------------------------------------------------------------------- value formatting
@@ -83,6 +93,28 @@ def _is_nan(value: Any) -> bool:
 def _signed(value: float, kind: str) -> str:
     """A delta: accuracy-like values in percentage points, sizes and times relative (%)."""
     return f"{100 * value:+.2f} pp" if kind == "points" else f"{100 * value:+.1f}%"
+
+
+def metric_label(metric: str) -> str:
+    """A reader's name for a metric key: `tflite.int8.accuracy` -> `int8 accuracy`."""
+    parts = metric.split(".")
+    if len(parts) == 3 and parts[0] == "tflite":
+        return f"{parts[1]} {parts[2].replace('_', ' ')}"
+    return {"keras.test_accuracy": "Keras accuracy"}.get(metric, metric)
+
+
+def config_label(key: str) -> str:
+    """A column name for a config key: `model.name` -> `model`, `data.augment` -> `augment`."""
+    section, _, leaf = key.rpartition(".")
+    return (section or leaf) if leaf == "name" else leaf.replace("_", " ")
+
+
+def _varying_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The `config.<key>` columns whose value differs between runs: the study's grid keys."""
+    keys = dict.fromkeys(key for row in rows for key in row if key.startswith("config."))
+    return [
+        key for key in keys if len({json.dumps(row.get(key), sort_keys=True) for row in rows}) > 1
+    ]
 
 
 # --------------------------------------------------------------------------- pure selection logic
@@ -159,20 +191,16 @@ def choose_best(
             f"no finished run has '{metric}'; check that '{file_format}' is in quantize.formats "
             "or pick another --metric"
         )
-    budgets = {"bytes": max_bytes, "latency_ms": max_latency_ms}
-    fitting = [
-        row
-        for row in measured
-        if all(
-            limit is None
-            or (_number(row.get(prefix + field)) is not None and row[prefix + field] <= limit)
-            for field, limit in budgets.items()
-        )
-    ]
+    budgets = {"max_bytes": max_bytes, "max_latency_ms": max_latency_ms}
+    fitting = [row for row in measured if _fits(row, prefix, budgets)]
     if not fitting:
         smallest = min(_sizes(measured, prefix + "bytes"), default=None)
         fastest = min(_sizes(measured, prefix + "latency_ms"), default=None)
-        limits = ", ".join(f"{field} <= {limit}" for field, limit in budgets.items() if limit)
+        limits = ", ".join(
+            f"{field.removeprefix('max_')} <= {limit}"
+            for field, limit in budgets.items()
+            if limit is not None
+        )
         raise UserError(
             f"no {file_format} model fits the budget ({limits}): the smallest is "
             f"{_integer(smallest)} bytes, the fastest {_milliseconds(fastest)}; relax a budget"
@@ -183,6 +211,18 @@ def choose_best(
         return (-row[metric], math.inf if gzip_bytes is None else gzip_bytes, row["name"])
 
     return min(fitting, key=rank)
+
+
+def _fits(row: dict[str, Any], prefix: str, budgets: dict[str, Any]) -> bool:
+    """True when the file under `prefix` has every budgeted value and each is within its limit."""
+    for field, limit in (
+        ("bytes", budgets.get("max_bytes")),
+        ("latency_ms", budgets.get("max_latency_ms")),
+    ):
+        value = _number(row.get(prefix + field))
+        if limit is not None and (value is None or value > limit):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -264,15 +304,19 @@ def _delta(before: Any, after: Any, kind: str) -> float | None:
 
 
 def _effect_sentence(change: str, deltas: list[float], kind: str, measured: str) -> str:
-    """One sentence only when at least two pairs exist; it says whether their signs agree."""
-    if len(deltas) < 2:
+    """One sentence on the deltas of one column: whether their signs agree across pairs."""
+    if not deltas:
         return ""
+    if len(deltas) == 1:
+        return (
+            f"One pair only, a single observation: {change} changed {measured} by "
+            f"{_signed(deltas[0], kind)}."
+        )
     mean_delta = _signed(mean(deltas), kind)
     if all(delta > 0 for delta in deltas) or all(delta < 0 for delta in deltas):
         direction = "higher" if deltas[0] > 0 else "lower"
-        return (
-            f"In all {len(deltas)} pairs, {change} gave {direction} {measured} (mean {mean_delta})."
-        )
+        pairs = "both pairs" if len(deltas) == 2 else f"all {len(deltas)} pairs"
+        return f"In {pairs}, {change} gave {direction} {measured} (mean {mean_delta})."
     ups = sum(delta > 0 for delta in deltas)
     return (
         f"No consistent effect of {change} on {measured}: higher in {ups} of {len(deltas)} "
@@ -303,33 +347,58 @@ def _formats(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [name for name in EXPORT_FORMATS if name in present]
 
 
-def _legend(axes: Any, count: int) -> None:
-    # Many runs would cover the data, so large legends go beside the plot in small print.
-    if count > 6:
-        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+def _legend(axes: Any, count: int, **options: Any) -> None:
+    # Many or long entries would cover the data, so such legends go beside the plot.
+    _, labels = axes.get_legend_handles_labels()
+    if max((len(label) for label in labels), default=0) > 40:
+        # Long labels beside the plot would squeeze it; below it they have the full width.
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.12), **options)
+    elif count > 6:
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), **options)
     else:
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="small", **options)
 
 
-def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Figure | None:
-    """Accuracy against gzip size of every TFLite file, with the Pareto front marked."""
-    points, labels = [], []
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    for file_format in _formats(rows):
-        sizes, accuracies = [], []
-        for row in _finished(rows):
+# Fractions are plotted as they are and labelled as %; sizes are plotted in KiB so the tick
+# positions are round numbers of KiB, as in the tables.
+PERCENT_AXIS = PercentFormatter(xmax=1.0)
+KIB = 1024
+
+# Runs that land on the same values (e.g. two schedules reaching the same sparsity) would hide
+# each other's lines; a different dash and marker per run keeps every run visible.
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D", "x")
+
+
+def _file_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float, str, str]]:
+    """(gzip bytes, accuracy, run name, format) of every measured file; chart and table share it."""
+    points = []
+    for row in _finished(rows):
+        for file_format in _formats([row]):
             size = _number(row.get(f"tflite.{file_format}.gzip_bytes"))
             accuracy = _number(row.get(f"tflite.{file_format}.accuracy"))
             if size is not None and accuracy is not None:
-                sizes.append(size)
-                accuracies.append(accuracy)
-                points.append((size, accuracy))
-                labels.append(f"{row['name']} ({file_format})")
-        if sizes:
-            axes.scatter(sizes, accuracies, label=file_format, alpha=0.8)
-    if not points:
+                points.append((size, accuracy, row["name"], file_format))
+    return points
+
+
+def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Figure | None:
+    """Accuracy against gzip size of every TFLite file, with the Pareto front numbered.
+
+    The numbers match the rows of the report's Pareto table; run names would not fit.
+    """
+    files = _file_points(rows)
+    if not files:
         return None
+    points = [(size / KIB, accuracy) for size, accuracy, _, _ in files]
+    figure = Figure(figsize=(9, 5), layout="constrained")
+    axes = figure.add_subplot()
+    for file_format in _formats(rows):
+        chosen = [
+            point for point, file in zip(points, files, strict=True) if file[3] == file_format
+        ]
+        if chosen:
+            axes.scatter(*zip(*chosen, strict=True), label=file_format, alpha=0.8, s=40)
     front = pareto_front(points)
     axes.plot(
         [points[i][0] for i in front],
@@ -338,24 +407,31 @@ def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]]) -> Figure | None:
         drawstyle="steps-post",
         marker="o",
         fillstyle="none",
-        markersize=11,
-        label="Pareto front",
+        markersize=12,
+        label="Pareto front (numbered as in the table)",
     )
-    for index in front:
+    for order, index in enumerate(front, start=1):
         axes.annotate(
-            labels[index],
+            str(order),
             points[index],
-            fontsize="xx-small",
-            xytext=(4, -10),
+            fontsize="small",
+            fontweight="bold",
+            xytext=(7, 5),
             textcoords="offset points",
         )
     sizes = [size for size, _ in points]
     if max(sizes) > 10 * min(sizes):
         axes.set_xscale("log")
-    axes.set_xlabel("gzip size (bytes)")
+        # Plain numbers at 1-2-5 steps: readers compare "200 KiB", not "10^2".
+        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_formatter(PERCENT_AXIS)
+    axes.margins(x=0.15, y=0.15)
+    axes.set_xlabel("gzip size (KiB)")
     axes.set_ylabel("test accuracy")
-    axes.set_title("Accuracy vs compressed size")
-    axes.legend(fontsize="small")
+    axes.set_title("Accuracy vs compressed size: up and to the left is better")
+    axes.legend(fontsize="small", loc="best")
     return figure
 
 
@@ -385,80 +461,157 @@ def plot_training_curves(histories: dict[str, list[dict[str, float | None]]]) ->
     """Loss and accuracy per epoch for each run: solid training, dashed validation."""
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    plotted = 0
+    plotted = validated = 0
     for index, (name, records) in enumerate(histories.items()):
         color = f"C{index % 10}"
+        marker = MARKERS[index % len(MARKERS)]
         for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+            # history.csv counts epochs from 0; readers count from 1.
             epochs, values = _series(records, "epoch", metric)
             if epochs:
-                axes.plot(epochs, values, color=color, label=name)
+                axes.plot([e + 1 for e in epochs], values, color=color, marker=marker, label=name)
                 plotted += axes is loss_axes
             epochs, values = _series(records, "epoch", f"val_{metric}")
             if epochs:
-                axes.plot(epochs, values, color=color, linestyle="--")
+                axes.plot([e + 1 for e in epochs], values, color=color, linestyle="--")
+                validated += 1
     if not plotted:
         return None
+    suffix = " (solid: training, dashed: validation)" if validated else " (training)"
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set_xlabel("epoch")
         axes.set_ylabel(metric)
-        axes.set_title(f"{metric.capitalize()} (solid: training, dashed: validation)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(metric.capitalize() + suffix)
+    accuracy_axes.yaxis.set_major_formatter(PERCENT_AXIS)
     _legend(accuracy_axes, len(histories))
     return figure
+
+
+def _group_label(names: Sequence[str]) -> str:
+    """Names of runs drawn as one line: all of them when few, else the first and a count."""
+    if len(names) <= 2:
+        return ", ".join(names)
+    return f"{names[0]} and {len(names) - 1} more runs"
+
+
+def _group_labeller(rows: Sequence[dict[str, Any]]) -> Callable[[Sequence[str]], str]:
+    """Labels a group of runs by the varied settings they share, e.g. `schedule constant (7 runs)`.
+
+    One run keeps its name; a group with no shared varied setting falls back to `_group_label`.
+    """
+    by_name = {row["name"]: row for row in rows}
+    varying = _varying_keys(rows)
+
+    def label(names: Sequence[str]) -> str:
+        if len(names) == 1:
+            return names[0]
+        group = [by_name[name] for name in names if name in by_name]
+        shared = [
+            f"{config_label(key[len('config.') :])} {_config_value(group[0].get(key))}"
+            for key in varying
+            if group and all(row.get(key) == group[0].get(key) for row in group)
+        ]
+        return f"{', '.join(shared)} ({len(names)} runs)" if shared else _group_label(names)
+
+    return label
 
 
 def plot_sparsity_schedule(
     schedules: dict[str, list[dict[str, float | None]]],
     histories: dict[str, list[dict[str, float | None]]],
+    group_label: Callable[[Sequence[str]], str] = _group_label,
 ) -> Figure | None:
-    """Target sparsity (pruning_schedule.csv) and measured sparsity (history.csv) vs step."""
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    plotted = 0
-    for index, name in enumerate(sorted(set(schedules) | set(histories))):
-        color = f"C{index % 10}"
+    """Target sparsity (pruning_schedule.csv) and measured sparsity (history.csv) vs step.
+
+    Runs with the same target schedule share one line (and its colour), so a large sweep draws
+    a few schedules rather than one line per run.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name in sorted(set(schedules) | set(histories)):
         steps, targets = _series(schedules.get(name, []), "step", "target_sparsity")
-        if steps:
+        measured_steps, _ = _series(histories.get(name, []), "step", "sparsity")
+        if steps or measured_steps:
+            groups.setdefault(tuple(zip(steps, targets, strict=True)), []).append(name)
+    if not groups:
+        return None
+    figure = Figure(figsize=(9, 5), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (schedule, names) in enumerate(groups.items()):
+        color = f"C{index % 10}"
+        label = group_label(names)
+        if schedule:
             # Masks change only at update steps, so the target holds until the next row.
             axes.plot(
-                steps,
-                targets,
+                [step for step, _ in schedule],
+                [target for _, target in schedule],
                 color=color,
-                linestyle="--",
+                linestyle=LINE_STYLES[index % len(LINE_STYLES)],
                 drawstyle="steps-post",
-                label=f"{name} target",
+                label=label,
             )
-            plotted += 1
-        steps, actual = _series(histories.get(name, []), "step", "sparsity")
-        if steps:
-            axes.plot(steps, actual, color=color, marker="o", linestyle="", label=f"{name} actual")
-            plotted += 1
-    if not plotted:
-        return None
+            label = None
+        for name in names:
+            steps, measured = _series(histories.get(name, []), "step", "sparsity")
+            if steps:
+                axes.plot(
+                    steps,
+                    measured,
+                    color=color,
+                    marker=MARKERS[index % len(MARKERS)],
+                    linestyle="",
+                    markersize=7,
+                    alpha=0.7,
+                    label=label,
+                )
+                label = None
     axes.set_xlabel("training step")
-    axes.set_ylabel("sparsity (fraction of zero weights)")
-    axes.set_title("Pruning: target (dashed) and measured (dots) sparsity")
-    _legend(axes, plotted)
+    axes.set_ylabel("sparsity (share of zero weights)")
+    axes.yaxis.set_major_formatter(PERCENT_AXIS)
+    axes.set_title("Pruning: target schedule (lines), measured sparsity at epoch ends (markers)")
+    _legend(axes, len(groups))
     return figure
 
 
-def plot_layer_sparsity(layers_by_run: dict[str, dict[str, dict[str, Any]]]) -> Figure | None:
-    """Sparsity of each pruned layer, input to output, one line per run."""
-    figure = Figure(figsize=(10, 5), layout="constrained")
-    axes = figure.add_subplot()
-    names_seen = []
+def plot_layer_sparsity(
+    layers_by_run: dict[str, dict[str, dict[str, Any]]],
+    group_label: Callable[[Sequence[str]], str] = _group_label,
+) -> Figure | None:
+    """Sparsity of each pruned layer, input to output, one line per distinct profile.
+
+    Runs with the same per-layer sparsity (e.g. two schedules reaching the same target) share
+    one line whose label names them all; drawn separately they would hide each other.
+    """
+    groups: dict[tuple, list[str]] = {}
+    layer_names: dict[tuple, list[str]] = {}
     for name, layers in layers_by_run.items():
-        sparsities = [_number(layer.get("sparsity")) for layer in layers.values()]
+        sparsities = tuple(_number(layer.get("sparsity")) for layer in layers.values())
         if any(value is not None for value in sparsities):
-            axes.plot(range(len(sparsities)), sparsities, marker=".", label=name)
-            names_seen.append(list(layers))
-    if not names_seen:
+            profile = tuple(None if v is None else round(v, 3) for v in sparsities)
+            groups.setdefault(profile, []).append(name)
+            layer_names[profile] = list(layers)
+    if not groups:
         return None
+    figure = Figure(figsize=(10, 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    for index, (profile, names) in enumerate(groups.items()):
+        axes.plot(
+            range(len(profile)),
+            [math.nan if value is None else value for value in profile],
+            color=f"C{index % 10}",
+            marker=MARKERS[index % len(MARKERS)],
+            markersize=4,
+            label=group_label(names),
+        )
+    names_seen = list(layer_names.values())
     if all(names == names_seen[0] for names in names_seen):
-        axes.set_xticks(range(len(names_seen[0])), names_seen[0], rotation=90, fontsize="xx-small")
+        axes.set_xticks(range(len(names_seen[0])), names_seen[0], rotation=90, fontsize="x-small")
     axes.set_xlabel("layer (input to output)")
-    axes.set_ylabel("sparsity (fraction of zero weights)")
-    axes.set_title("Per-layer sparsity")
-    _legend(axes, len(names_seen))
+    axes.set_ylabel("sparsity (share of zero weights)")
+    axes.yaxis.set_major_formatter(PERCENT_AXIS)
+    axes.margins(y=0.2)
+    axes.set_title("Per-layer sparsity (runs with the same profile share a line)")
+    _legend(axes, len(groups))
     return figure
 
 
@@ -469,7 +622,7 @@ def plot_size_by_format(rows: Sequence[dict[str, Any]]) -> Figure | None:
     formats = _formats(rows)
     width = 0.38
     plotted = False
-    for offset, (field, label) in enumerate((("bytes", "file"), ("gzip_bytes", "gzip"))):
+    for offset, (field, label) in enumerate((("bytes", "file size"), ("gzip_bytes", "gzip size"))):
         positions, medians, low, high = [], [], [], []
         for index, file_format in enumerate(formats):
             values = [_number(row.get(f"tflite.{file_format}.{field}")) for row in _finished(rows)]
@@ -480,17 +633,30 @@ def plot_size_by_format(rows: Sequence[dict[str, Any]]) -> Figure | None:
                 low.append(median(values) - min(values))
                 high.append(max(values) - median(values))
         if positions:
-            axes.bar(positions, medians, width, yerr=[low, high], capsize=3, label=label)
+            axes.bar(
+                positions,
+                [m / KIB for m in medians],
+                width,
+                yerr=[[v / KIB for v in low], [v / KIB for v in high]],
+                capsize=3,
+                label=label,
+            )
             plotted = True
     if not plotted:
         return None
     baselines = [_number(row.get("baseline.dense_float32_bytes")) for row in _finished(rows)]
     baselines = [value for value in baselines if value is not None]
     if baselines:
-        axes.axhline(median(baselines), color="grey", linestyle=":", label="dense float32 file")
+        axes.axhline(
+            median(baselines) / KIB,
+            color="grey",
+            linestyle=":",
+            label="dense float32 file (unpruned)",
+        )
     axes.set_xticks(range(len(formats)), formats)
     axes.set_xlabel("TFLite format")
-    axes.set_ylabel("size (bytes)")
+    axes.set_ylabel("size (KiB)")
+    axes.margins(y=0.12)
     axes.set_title("Size per format (median over runs; whiskers: min to max)")
     axes.legend(fontsize="small")
     return figure
@@ -504,22 +670,26 @@ def _precision(row: dict[str, Any]) -> str | None:
 
 
 def plot_training_time(rows: Sequence[dict[str, Any]]) -> Figure | None:
-    """Training seconds and images per second by precision: mean bars and one dot per run."""
-    figure = Figure(figsize=(10, 4.5), layout="constrained")
-    all_axes = figure.subplots(1, 2)
-    for axes, field, label in zip(
-        all_axes,
-        ("train.seconds", "train.images_per_second"),
-        ("training time (s)", "images per second"),
-        strict=True,
-    ):
-        by_precision: dict[str, list[float]] = {}
+    """Training seconds and images per second by precision: mean bars and one dot per run.
+
+    Returns None unless at least two precisions were measured: one bar compares nothing.
+    """
+    by_field: dict[str, dict[str, list[float]]] = {}
+    for field in ("train.seconds", "train.images_per_second"):
         for row in _finished(rows):
             value, precision = _number(row.get(field)), _precision(row)
             if value is not None and precision is not None:
-                by_precision.setdefault(precision, []).append(value)
-        if not by_precision:
-            return None
+                by_field.setdefault(field, {}).setdefault(precision, []).append(value)
+    if len(by_field) < 2 or any(len(values) < 2 for values in by_field.values()):
+        return None
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    all_axes = figure.subplots(1, 2)
+    for axes, (field, label) in zip(
+        all_axes,
+        (("train.seconds", "training time (s)"), ("train.images_per_second", "images per second")),
+        strict=True,
+    ):
+        by_precision = by_field[field]
         names = sorted(by_precision, key=lambda n: (PRECISIONS + (n,)).index(n))
         axes.bar(
             range(len(names)), [mean(by_precision[n]) for n in names], 0.6, label="mean", alpha=0.6
@@ -530,7 +700,7 @@ def plot_training_time(rows: Sequence[dict[str, Any]]) -> Figure | None:
                 by_precision[name],
                 color="k",
                 s=12,
-                label="runs" if index == 0 else None,
+                label="one run" if index == 0 else None,
             )
         axes.set_xticks(range(len(names)), names)
         axes.set_xlabel("precision")
@@ -582,21 +752,35 @@ def _sparsity(value: Any) -> str:
     return _percent(value, 1)
 
 
+def _seconds(value: Any) -> str:
+    number = _number(value)
+    return MISSING if number is None else f"{number:,.1f} s"
+
+
+def _config_value(value: Any) -> str:
+    """A config value as a reader writes it: yes/no, comma-separated lists, plain numbers."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_config_value(item) for item in value) or MISSING
+    return _text(value)
+
+
 # (header, field, formatter): run fields are dotted metric keys, file fields sit under
 # tflite.<format>.
 RUN_COLUMNS = (
     ("Keras accuracy", "keras.test_accuracy", _percent),
     ("sparsity", "pruning.overall_sparsity", _sparsity),
-    ("params", "keras.params", _integer),
-    ("training s", "train.seconds", _integer),
+    ("parameters", "keras.params", _integer),
+    ("training time", "train.seconds", _seconds),
     ("images/s", "train.images_per_second", _integer),
 )
 FILE_COLUMNS = (
     ("accuracy", "accuracy", _percent),
-    ("agreement", "agreement", _percent),
+    ("agreement with Keras", "agreement", _percent),
     ("zeros", "zeros_fraction", _sparsity),
-    ("bytes", "bytes", _kibibytes),
-    ("gzip bytes", "gzip_bytes", _kibibytes),
+    ("size", "bytes", _kibibytes),
+    ("gzip size", "gzip_bytes", _kibibytes),
     ("compression", "compression_bytes", _ratio),
     ("compression (gzip)", "compression_gzip", _ratio),
     ("latency", "latency_ms", _milliseconds),
@@ -609,16 +793,29 @@ def _metric_formatter(metric: str) -> Callable[[Any], str]:
 
 
 def _runs_table(rows: Sequence[dict[str, Any]], metric: str) -> Block:
-    columns = [*RUN_COLUMNS[:1], (metric, metric, _metric_formatter(metric)), *RUN_COLUMNS[1:]]
+    metric_column = (metric_label(metric), metric, _metric_formatter(metric))
+    columns = [*RUN_COLUMNS[:1], metric_column, *RUN_COLUMNS[1:]]
+    settings = _varying_keys(rows)
     table = []
     for row in rows:
         status = row.get("status", MISSING)
         if status == "failed":
             status = f"failed: {_short_error(row)}"
         table.append(
-            [row["name"], status, *[formatter(row.get(key)) for _, key, formatter in columns]]
+            [
+                row["name"],
+                status,
+                *[_config_value(row.get(key)) for key in settings],
+                *[formatter(row.get(key)) for _, key, formatter in columns],
+            ]
         )
-    return ("table", ["run", "status", *[header for header, _, _ in columns]], table)
+    headers = [
+        "run",
+        "status",
+        *[config_label(key[len("config.") :]) for key in settings],
+        *[header for header, _, _ in columns],
+    ]
+    return ("table", headers, table)
 
 
 def _files_table(rows: Sequence[dict[str, Any]]) -> Block:
@@ -628,72 +825,84 @@ def _files_table(rows: Sequence[dict[str, Any]]) -> Block:
             prefix = f"tflite.{file_format}."
             cells = [formatter(row.get(prefix + field)) for _, field, formatter in FILE_COLUMNS]
             table.append([row["name"], file_format, *cells])
-    return ("table", ["run", "format", *[header for header, _, _ in FILE_COLUMNS]], table)
+    headers = ["run", "format", *[header for header, _, _ in FILE_COLUMNS]]
+    return ("table", headers, table, "fold")
 
 
 def _pareto_table(rows: Sequence[dict[str, Any]]) -> Block:
-    points, names = [], []
-    for row in _finished(rows):
-        for file_format in _formats([row]):
-            size = _number(row.get(f"tflite.{file_format}.gzip_bytes"))
-            accuracy = _number(row.get(f"tflite.{file_format}.accuracy"))
-            if size is not None and accuracy is not None:
-                points.append((size, accuracy))
-                names.append((row["name"], file_format))
+    files = _file_points(rows)
+    front = pareto_front([(size, accuracy) for size, accuracy, _, _ in files])
     table = [
-        [*names[i], _percent(points[i][1]), _kibibytes(points[i][0])] for i in pareto_front(points)
+        [str(order), files[i][2], files[i][3], _percent(files[i][1]), _kibibytes(files[i][0])]
+        for order, i in enumerate(front, start=1)
     ]
-    return ("table", ["run", "format", "accuracy", "gzip size"], table)
+    return ("table", ["#", "run", "format", "accuracy", "gzip size"], table)
+
+
+def _comparisons_for(rows: Sequence[dict[str, Any]]) -> list[Comparison]:
+    """The known comparisons, then a plain one for every other key the study varies."""
+    known = {comparison.key for comparison in COMPARISONS}
+    extra = [
+        Comparison(config_label(key[len("config.") :]).capitalize(), key[len("config.") :])
+        for key in _varying_keys(rows)
+        if key[len("config.") :] not in known
+    ]
+    return [*COMPARISONS, *extra]
 
 
 def _comparison_blocks(rows: Sequence[dict[str, Any]], metric: str) -> list[Block]:
     file_format = metric_format(metric)
     columns = [
         ("keras.test_accuracy", "Keras accuracy", "points"),
-        (metric, metric, "points"),
+        (metric, metric_label(metric), "points"),
         (f"tflite.{file_format}.gzip_bytes", f"{file_format} gzip size", "relative"),
         (f"tflite.{file_format}.latency_ms", f"{file_format} latency", "relative"),
         ("train.seconds", "training time", "relative"),
     ]
     focus_columns = {"gzip": 2, "latency": 3, "train.seconds": 4}
     blocks: list[Block] = []
-    for comparison in COMPARISONS:
+    for comparison in _comparisons_for(rows):
         pairs = comparison_pairs(rows, comparison)
         if not pairs:
             continue
         column = f"config.{comparison.key}"
+        label = config_label(comparison.key)
         blocks.append(("h3", f"{comparison.title} ({comparison.key})"))
         table = []
         for before, after in pairs:
             deltas = [_delta(before.get(key), after.get(key), kind) for key, _, kind in columns]
             table.append(
                 [
-                    f"{before['name']} → {after['name']}",
-                    f"{_text(before[column])} → {_text(after[column])}",
+                    f"{before['name']} →\n{after['name']}",
+                    f"{_config_value(before[column])} → {_config_value(after[column])}",
                     *[
                         MISSING if d is None else _signed(d, kind)
                         for d, (_, _, kind) in zip(deltas, columns, strict=True)
                     ],
                 ]
             )
-        headers = ["runs", comparison.key, *[f"Δ {label}" for _, label, _ in columns]]
+        headers = ["baseline → changed run", label, *[f"Δ {name}" for _, name, _ in columns]]
         blocks.append(("table", headers, table))
         sentence_columns = [1] + ([focus_columns[comparison.focus]] if comparison.focus else [])
-        after_values = "/".join(dict.fromkeys(_text(after[column]) for _, after in pairs))
-        change = f"{comparison.key} {after_values} instead of {_text(pairs[0][0][column])}"
+        after_values = "/".join(dict.fromkeys(_config_value(after[column]) for _, after in pairs))
+        change = f"{label} {after_values} instead of {_config_value(pairs[0][0][column])}"
         for index in sentence_columns:
-            key, label, kind = columns[index]
+            key, name, kind = columns[index]
             deltas = [_delta(before.get(key), after.get(key), kind) for before, after in pairs]
-            sentence = _effect_sentence(change, [d for d in deltas if d is not None], kind, label)
+            sentence = _effect_sentence(change, [d for d in deltas if d is not None], kind, name)
             if sentence:
                 blocks.append(("p", sentence))
     if not blocks:
-        blocks.append(("p", "No two runs differ in only one compared key, so nothing is compared."))
+        blocks.append(("p", "No two runs differ in only one setting, so nothing is compared."))
     return blocks
 
 
-def _write_charts(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> list[Block]:
-    """Saves every chart that has data; returns image blocks and notes on skipped charts."""
+def _write_charts(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, list[Block]]:
+    """Saves every chart that has data.
+
+    Returns:
+        Chart name -> its blocks: a heading and the image, or a note when the chart was skipped.
+    """
     charts_dir = sweep_dir / CHARTS_DIR
     charts_dir.mkdir(exist_ok=True)
     for stale in charts_dir.glob("*.png"):  # A chart skipped this time must not linger.
@@ -708,28 +917,53 @@ def _write_charts(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> list[Block
             pruning = json.loads(metrics_path.read_text()).get("pruning") or {}
             if isinstance(pruning.get("layers"), dict) and pruning["layers"]:
                 layers[row["name"]] = pruning["layers"]
-    charts: list[tuple[str, str, Callable[[], Figure | None]]] = [
-        ("accuracy_vs_size", "Accuracy vs gzip size", lambda: plot_accuracy_vs_size(rows)),
-        ("training_curves", "Training curves", lambda: plot_training_curves(histories)),
+    charts: list[tuple[str, str, str, Callable[[], Figure | None]]] = [
+        (
+            "accuracy_vs_size",
+            "Accuracy vs gzip size",
+            "no run has a measured accuracy and size",
+            lambda: plot_accuracy_vs_size(rows),
+        ),
+        (
+            "size_by_format",
+            "Size per format",
+            "no run has measured file sizes",
+            lambda: plot_size_by_format(rows),
+        ),
+        (
+            "training_curves",
+            "Training curves",
+            "no run has a history.csv",
+            lambda: plot_training_curves(histories),
+        ),
         (
             "sparsity_schedule",
             "Sparsity vs step",
-            lambda: plot_sparsity_schedule(schedules, histories),
+            "no run was pruned",
+            lambda: plot_sparsity_schedule(schedules, histories, _group_labeller(rows)),
         ),
-        ("layer_sparsity", "Per-layer sparsity", lambda: plot_layer_sparsity(layers)),
-        ("size_by_format", "Size per format", lambda: plot_size_by_format(rows)),
-        ("training_time", "Training time by precision", lambda: plot_training_time(rows)),
+        (
+            "layer_sparsity",
+            "Per-layer sparsity",
+            "no run has a per-layer sparsity report",
+            lambda: plot_layer_sparsity(layers, _group_labeller(rows)),
+        ),
+        (
+            "training_time",
+            "Training time by precision",
+            "fewer than two precisions were trained; the Runs table lists each run's time",
+            lambda: plot_training_time(rows),
+        ),
     ]
-    blocks: list[Block] = []
-    for stem, title, plot in charts:
-        blocks.append(("h3", title))
+    blocks: dict[str, list[Block]] = {}
+    for stem, title, reason, plot in charts:
         figure = plot()
         # A chart with an empty panel says nothing; a note is clearer than a blank image.
         if figure is None or not figure_has_data(figure):
-            blocks.append(("p", f"{MISSING} (no run has the data for this chart)"))
+            blocks[stem] = [("h3", title), ("p", f"No chart: {reason}.")]
             continue
         _save_png(figure, charts_dir / f"{stem}.png")
-        blocks.append(("image", f"{CHARTS_DIR}/{stem}.png", title))
+        blocks[stem] = [("h3", title), ("image", f"{CHARTS_DIR}/{stem}.png", title)]
     return blocks
 
 
@@ -756,7 +990,7 @@ def _model_card(row: dict[str, Any], metric: str, budgets: dict[str, Any]) -> st
     classes = _integer(row.get("run.num_classes"))
     input_dtype = _text(row.get(prefix + "input_dtype"))
     schedule = _text(row.get("pruning.schedule"))
-    budget_text = ", ".join(f"{k} ≤ {v}" for k, v in budgets.items() if v is not None) or "none"
+    budget_text = _budget_text(budgets) or "none"
     headers = [
         "accuracy (this file)",
         "Keras accuracy",
@@ -794,7 +1028,8 @@ def _model_card(row: dict[str, Any], metric: str, budgets: dict[str, Any]) -> st
 
 ## Performance
 {performance}
-Chosen as the highest `{metric}` among the runs of the sweep within the budgets ({budget_text}).
+Chosen as the highest {metric_label(metric)} (`{metric}`) among the runs of the sweep within
+the budgets ({budget_text}).
 
 ## Intended use
 Classifying small 32x32 RGB images into the {classes} {data} classes on devices that run
@@ -837,16 +1072,102 @@ def _write_best(sweep_dir: Path, row: dict[str, Any], metric: str, budgets: dict
     # Replace the whole folder so a file from an earlier choice never lingers beside the new one.
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(temporary, best_dir)
-    budget_text = ", ".join(f"{k} ≤ {v}" for k, v in budgets.items() if v is not None)
+    return [("p", f"Copied to `{BEST_DIR}/{BEST_FILE}`, with `best.json` and `MODEL_CARD.md`.")]
+
+
+def _budget_text(budgets: dict[str, Any]) -> str:
+    """The budgets as a reader states them, e.g. `size ≤ 97.7 KiB, latency ≤ 3 ms`."""
+    parts = []
+    if budgets.get("max_bytes") is not None:
+        parts.append(f"size ≤ {_kibibytes(budgets['max_bytes'])}")
+    if budgets.get("max_latency_ms") is not None:
+        parts.append(f"latency ≤ {_milliseconds(budgets['max_latency_ms'])}")
+    return ", ".join(parts)
+
+
+def _best_blocks(
+    rows: Sequence[dict[str, Any]], best: dict[str, Any], metric: str, budgets: dict[str, Any]
+) -> list[Block]:
+    """The chosen model in one line, then why it was chosen over the others."""
+    file_format = metric_format(metric)
+    prefix = f"tflite.{file_format}."
+    label = metric_label(metric)
+    value = _metric_formatter(metric)
+    finished = _finished(rows)
+    measured = [row for row in finished if _number(row.get(metric)) is not None]
+    fitting = [row for row in measured if _fits(row, prefix, budgets)]
+    budget_text = _budget_text(budgets)
+    if budget_text:
+        why = (
+            f"It has the highest {label} of the {len(fitting)} of {len(measured)} measured runs "
+            f"whose {file_format} file fits the budget ({budget_text})"
+        )
+    else:
+        why = (
+            f"It has the highest {label} of the {len(measured)} measured runs; no size or "
+            "latency budget was set (`--max-bytes`, `--max-latency-ms` add one)"
+        )
+    others = [row for row in fitting if row["name"] != best["name"]]
+    if others:
+        runner_up = choose_best(others, metric)
+        why += f". The runner-up, {runner_up['name']}, has {value(runner_up[metric])}"
+        if runner_up[metric] == best[metric]:
+            why += " too; the tie goes to the smaller gzip size"
+    settings = ", ".join(
+        f"{config_label(key[len('config.') :])} {_config_value(best.get(key))}"
+        for key in _varying_keys(rows)
+    )
+    summary = (
+        f"**{best['name']}**"
+        + (f" ({settings})" if settings else "")
+        + f", {file_format} file: {value(best[metric])} {label}, "
+        f"{_kibibytes(best.get(prefix + 'bytes'))} "
+        f"({_kibibytes(best.get(prefix + 'gzip_bytes'))} gzipped; "
+        f"{_ratio(best.get(prefix + 'compression_gzip'))} smaller than the dense float32 file, "
+        f"both gzipped), {_milliseconds(best.get(prefix + 'latency_ms'))} per image."
+    )
+    return [("best", summary), ("p", why + ".")]
+
+
+def _intro_blocks(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> list[Block]:
+    """What was swept, how to read the numbers, and the state of the runs."""
+    study_text = ""
+    study_path = sweep_dir / "study.yaml"
+    if study_path.is_file():
+        try:
+            study = yaml.safe_load(study_path.read_text()) or {}
+        except yaml.YAMLError:
+            study = {}
+        grid = study.get("grid") if isinstance(study, dict) else None
+        if isinstance(grid, dict) and grid:
+            varied = [
+                f"{key} ({', '.join(_config_value(value) for value in values)})"
+                for key, values in grid.items()
+                if isinstance(values, list)
+            ]
+            varied = " and ".join([", ".join(varied[:-1]), varied[-1]] if varied[:-1] else varied)
+            study_text = (
+                f"The study `{Path(str(study.get('study', 'study'))).name}` varies {varied} "
+                f"on top of `{Path(str(study.get('base', 'base'))).name}`. "
+            )
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("finished", "failed", "pending")}
+    state = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    if counts["failed"]:
+        state += " (the Runs table shows each failure's last error line)"
     return [
+        ("h1", f"Sweep report: {sweep_dir.name}"),
         (
             "p",
-            f"Highest {metric} within the budgets ({budget_text or 'no budgets'}): "
-            f"**{row['name']}** with {_percent(row[metric])}, "
-            f"{_integer(row.get(prefix + 'bytes'))} bytes "
-            f"({_integer(row.get(prefix + 'gzip_bytes'))} gzip), "
-            f"{_milliseconds(row.get(prefix + 'latency_ms'))}. "
-            f"Copied to `{BEST_DIR}/{BEST_FILE}` with `best.json` and `MODEL_CARD.md`.",
+            f"{study_text}Each run trains a model, prunes it, exports TFLite files and measures "
+            f"every file on the test split. Runs: {len(rows)} in all, {state}.",
+        ),
+        (
+            "p",
+            "Reading the numbers: accuracies are on the test split; 1 KiB is 1024 bytes; "
+            "compression is how many times smaller a file is than the dense (unpruned) float32 "
+            "file; latency is the median time per image at batch 1 on the machine that ran the "
+            "sweep. Sections: best model, runs, accuracy vs size, comparisons, TFLite files, "
+            "training and pruning.",
         ),
     ]
 
@@ -876,32 +1197,39 @@ def write_report(
     rows = load_results(sweep_dir)
     budgets = {"max_bytes": max_bytes, "max_latency_ms": max_latency_ms}
     best = choose_best(rows, metric, max_bytes, max_latency_ms)
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("finished", "failed", "pending")}
+    charts = _write_charts(sweep_dir, rows)
     blocks: list[Block] = [
-        ("h1", f"Sweep report: {sweep_dir.name}"),
-        (
-            "p",
-            ", ".join(f"{count} {status}" for status, count in counts.items() if count)
-            + f" of {len(rows)} runs.",
-        ),
+        *_intro_blocks(sweep_dir, rows),
         ("h2", "Best model"),
+        *_best_blocks(rows, best, metric, budgets),
         *_write_best(sweep_dir, best, metric, budgets),
         ("h2", "Runs"),
+        ("p", "One row per run; the setting columns are the values the study varies."),
         _runs_table(rows, metric),
-        ("h2", "TFLite files"),
-        ("p", "Compression is the dense float32 file's size divided by this file's size."),
-        _files_table(rows),
-        ("h2", "Pareto front (smallest gzip size for its accuracy)"),
+        ("h2", "Accuracy vs size"),
+        (
+            "p",
+            "Every TFLite file of every finished run. The Pareto front holds the files that no "
+            "other file beats on both gzip size and accuracy: the sensible choices.",
+        ),
+        *charts["accuracy_vs_size"][1:],
         _pareto_table(rows),
         ("h2", "Comparisons"),
         (
             "p",
-            "Each row pairs two runs equal in every overridden key except the compared one; "
-            "accuracy deltas are in percentage points, sizes and times relative.",
+            "Each row pairs two runs that are equal in every setting except the compared one. "
+            "Accuracy changes are in percentage points (pp); size, latency and time changes are "
+            "relative (%). Negative size, latency and time changes are improvements.",
         ),
         *_comparison_blocks(rows, metric),
-        ("h2", "Charts"),
-        *_write_charts(sweep_dir, rows),
+        ("h2", "TFLite files"),
+        _files_table(rows),
+        *charts["size_by_format"],
+        ("h2", "Training and pruning"),
+        *charts["training_curves"],
+        *charts["sparsity_schedule"],
+        *charts["layer_sparsity"],
+        *charts["training_time"],
     ]
     _write_text(sweep_dir / "report.md", _render_markdown(blocks))
     _write_text(sweep_dir / "report.html", _render_html(blocks, sweep_dir))
@@ -917,16 +1245,16 @@ def _render_markdown(blocks: Sequence[Block]) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
             lines += ["#" * int(kind[1]) + " " + block[1], ""]
-        elif kind == "p":
+        elif kind in ("p", "best"):
             lines += [block[1], ""]
         elif kind == "image":
             lines += [f"![{block[2]}]({block[1]})", ""]
         elif kind == "table":
-            _, headers, table = block
+            headers, table = block[1], block[2]
             if not table:
                 lines += [MISSING, ""]
                 continue
-            cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+            cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
             lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
             lines.append("|" + "---|" * len(headers))
             lines += ["| " + " | ".join(cell(c) for c in line) + " |" for line in table]
@@ -934,10 +1262,48 @@ def _render_markdown(blocks: Sequence[Block]) -> str:
     return "\n".join(lines)
 
 
-HTML_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
-table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}"""
+HTML_STYLE = """body{font-family:system-ui,sans-serif;line-height:1.45;color:#222;max-width:1300px;
+margin:2em auto;padding:0 1em}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.8em}
+.scroll{overflow-x:auto;margin:0.5em 0 1.5em}table{border-collapse:collapse;font-size:0.85em}
+th,td{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left;vertical-align:top}
+th{background:#f0f0f0;vertical-align:bottom}tbody tr:nth-child(even){background:#fafafa}
+td:first-child{white-space:nowrap}.num{text-align:right;white-space:nowrap;
+font-variant-numeric:tabular-nums}summary{cursor:pointer;color:#245;margin:0.3em 0}
+code{background:#f3f3f3;padding:0 0.2em}img{max-width:100%;display:block;margin:0.5em 0 1.5em}
+.best{font-size:1.1em;background:#eef6ee;border-left:4px solid #3a3;padding:0.6em 0.9em}"""
+
+# A cell that reads as a number (with its unit) is right-aligned and never wrapped.
+NUMBER_CELL = re.compile(r"^(—|[+-]?[\d,]*\.?\d+(e[+-]?\d+)?\s?(%|×|KiB|ms|s|pp)?)$")
+# Tables longer than this start folded in the HTML page, behind a one-line summary.
+FOLD_ROWS = 24
+
+
+def _html_table(headers: Sequence[str], table: Sequence[Sequence[Any]], fold: bool) -> str:
+    numeric = [
+        all(NUMBER_CELL.match(str(line[column])) for line in table)
+        for column in range(len(headers))
+    ]
+
+    def cell(tag: str, text: Any, column: int) -> str:
+        escaped = html.escape(str(text)).replace("\n", "<br>")
+        return (
+            f"<{tag} class='num'>{escaped}</{tag}>"
+            if numeric[column]
+            else f"<{tag}>{escaped}</{tag}>"
+        )
+
+    head = "".join(cell("th", header, column) for column, header in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", text, column) for column, text in enumerate(line)) + "</tr>"
+        for line in table
+    )
+    page = (
+        f"<div class='scroll'><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
+    if fold and len(table) > FOLD_ROWS:
+        return f"<details><summary>Show all {len(table)} rows</summary>{page}</details>"
+    return page
 
 
 def _render_html(blocks: Sequence[Block], sweep_dir: Path) -> str:
@@ -952,22 +1318,19 @@ def _render_html(blocks: Sequence[Block], sweep_dir: Path) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "h3", "p"):
             parts.append(f"<{kind}>{inline(block[1])}</{kind}>")
+        elif kind == "best":
+            parts.append(f"<p class='best'>{inline(block[1])}</p>")
         elif kind == "image":
             encoded = base64.b64encode((sweep_dir / block[1]).read_bytes()).decode("ascii")
             parts.append(
                 f"<img alt='{html.escape(block[2])}' src='data:image/png;base64,{encoded}'>"
             )
         elif kind == "table":
-            _, headers, table = block
+            headers, table = block[1], block[2]
             if not table:
                 parts.append(f"<p>{MISSING}</p>")
                 continue
-            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in line) + "</tr>"
-                for line in table
-            )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            parts.append(_html_table(headers, table, fold=len(block) > 3 and block[3] == "fold"))
     parts.append("</body></html>")
     return "\n".join(parts)
 

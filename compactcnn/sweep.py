@@ -12,6 +12,8 @@ Every point is validated with `load_config` before anything runs. Each point run
 `python -m compactcnn run BASE --set k=v ... --out DIR/runs/<name>` in its own process, which
 isolates TensorFlow state and crashes. A run is finished iff its `metrics.json` exists, so a
 re-launched sweep skips finished runs and re-launches the others (which resume from their backup).
+An interrupted sweep (Ctrl-C, or SIGTERM from `kill` or a scheduler) stops its running runs
+before it exits, so no orphaned run keeps writing into a directory that the next launch resumes.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +58,40 @@ KEY_LABELS = {
 }
 
 CommandBuilder = Callable[[Path, list[str], Path], list[str]]
+
+
+class _Runs:
+    """The run processes in flight, so that an interrupted sweep can stop them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, command: list[str], stdout: Any, stderr: Any) -> subprocess.Popen | None:
+        """Starts one run, or returns None once the sweep is stopping."""
+        with self.lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+            self.processes.add(process)
+            return process
+
+    def finish(self, process: subprocess.Popen) -> None:
+        with self.lock:
+            self.processes.discard(process)
+
+    def stop(self) -> None:
+        """Terminates every running run; each resumes from its backup at the next launch."""
+        with self.lock:
+            self.stopping = True
+            for process in self.processes:
+                process.terminate()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM takes the same path as Ctrl-C: stop the runs, print how to resume, exit.
+    raise KeyboardInterrupt
 
 
 @dataclass
@@ -256,7 +294,10 @@ def run_sweep(
     sweep_dir = Path(out_dir) if out_dir is not None else DEFAULT_SWEEPS_DIR / study.path.stem
     (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
-    _write_text(sweep_dir / "study.yaml", yaml.safe_dump(_resolved_study(study), sort_keys=False))
+    _write_text(
+        sweep_dir / "study.yaml",
+        yaml.dump(_resolved_study(study), Dumper=_PlainDumper, sort_keys=False),
+    )
 
     pending = [
         p for p in study.points if not (sweep_dir / "runs" / p.name / "metrics.json").exists()
@@ -265,25 +306,42 @@ def run_sweep(
     if finished:
         print(f"sweep: {finished} of {len(study.points)} runs already finished, skipping them")
 
-    with ThreadPoolExecutor(max_workers=jobs) as executor:
-        futures = [
-            executor.submit(_execute, point, study.base, sweep_dir, command_builder)
-            for point in pending
-        ]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            # On Ctrl-C the running children get the signal too; launch nothing new.
-            for future in futures:
-                future.cancel()
-            raise
+    runs = _Runs()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = (
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
+    )
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as executor:
+            futures = [
+                executor.submit(_execute, point, study.base, sweep_dir, command_builder, runs)
+                for point in pending
+            ]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # Launch nothing new and stop the running runs; the pool then waits for them.
+                for future in futures:
+                    future.cancel()
+                runs.stop()
+                raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     rows = collect_results(sweep_dir, study.points)
     write_results(sweep_dir, rows)
     failed = sum(row["status"] == "failed" for row in rows)
     print(f"sweep: {len(rows) - failed} finished, {failed} failed; results in {sweep_dir}")
     return sweep_dir
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated values in full: `&id001` anchors and `*id001` aliases puzzle readers."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _resolved_study(study: Study) -> dict[str, Any]:
@@ -298,20 +356,28 @@ def _resolved_study(study: Study) -> dict[str, Any]:
     }
 
 
-def _execute(point: Point, base: Path, sweep_dir: Path, command_builder: CommandBuilder) -> None:
+def _execute(
+    point: Point, base: Path, sweep_dir: Path, command_builder: CommandBuilder, runs: _Runs
+) -> None:
     """Runs one point; on failure writes the last stderr lines to `<run>/error.txt`."""
     run_dir = sweep_dir / "runs" / point.name
     error_path = run_dir / "error.txt"
     error_path.unlink(missing_ok=True)  # A stale error from an earlier attempt would mislead.
     stdout_path = sweep_dir / "logs" / f"{point.name}.out"
     stderr_path = sweep_dir / "logs" / f"{point.name}.err"
-    print(f"sweep: start {point.name}", flush=True)
     started = time.monotonic()
     # Files, not pipes: a chatty run cannot block on a full pipe, and the logs stay for reading.
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
-        returncode = subprocess.run(
-            command_builder(base, point.overrides, run_dir), stdout=stdout, stderr=stderr
-        ).returncode
+        process = runs.start(command_builder(base, point.overrides, run_dir), stdout, stderr)
+        if process is None:
+            return
+        print(f"sweep: start {point.name}", flush=True)
+        try:
+            returncode = process.wait()
+        finally:
+            runs.finish(process)
+    if runs.stopping:
+        return  # Interrupted, not failed: the next launch resumes it.
     seconds = time.monotonic() - started
     if returncode == 0 and (run_dir / "metrics.json").exists():
         print(f"sweep: done  {point.name} ({seconds:.0f} s)", flush=True)

@@ -20,6 +20,7 @@ RUNS = {
 
 
 def _metrics(model, schedule, accuracy, size, gzip_size, latency):
+    precision = "float32" if model == "resnet20" else "mixed_bfloat16"
     file_metrics = {
         "path": "tflite/int8.tflite",
         "accuracy": accuracy,
@@ -34,14 +35,14 @@ def _metrics(model, schedule, accuracy, size, gzip_size, latency):
         "compression_gzip": None,
     }
     return {
-        "run": {"model": model, "data": "cifar10", "num_classes": 10, "precision": "float32"},
+        "run": {"model": model, "data": "cifar10", "num_classes": 10, "precision": precision},
         "keras": {"test_accuracy": accuracy + 0.01, "test_loss": 0.5, "params": 270_000},
         "train": {
             "seconds": 100.0 if model == "resnet20" else 200.0,
             "images_per_second": 500.0,
             "epochs": 3,
             "steps": 30,
-            "precision": "float32",
+            "precision": precision,
         },
         "pruning": {
             "schedule": schedule,
@@ -186,10 +187,19 @@ def test_write_report_writes_tables_charts_html_and_best_model(sweep_dir):
     assert "| r20-polynomial | float32 | 86.00% | — |" in markdown  # Missing agreement -> —.
     assert "Polynomial vs constant" in markdown and "+5.00 pp" in markdown
     assert (
-        "In all 2 pairs, prune.schedule polynomial instead of constant gave higher "
-        "tflite.int8.accuracy (mean +3.50 pp)." in markdown
+        "In both pairs, schedule polynomial instead of constant gave higher "
+        "int8 accuracy (mean +3.50 pp)." in markdown
     )
     assert "Augmentation" not in markdown  # No pair differs only in data.augment.
+    # Column headers are words; the settings the study varies are columns of the runs table.
+    assert "| run | status | model | schedule | Keras accuracy | int8 accuracy |" in markdown
+    assert "tflite.int8.accuracy |" not in markdown
+    assert "| r44-polynomial | finished | resnet44 | polynomial | 89.00% | 88.00% |" in markdown
+    # The best model comes first, with the reason it was chosen and the runner-up.
+    assert markdown.index("## Best model") < markdown.index("## Runs")
+    assert "**r44-polynomial** (model resnet44, schedule polynomial), int8 file: 88.00%" in markdown
+    assert "highest int8 accuracy of the 4 measured runs" in markdown
+    assert "The runner-up, r44-constant, has 86.00%." in markdown
 
     charts = sorted((sweep_dir / "charts").glob("*.png"))
     assert [chart.stem for chart in charts] == sorted(
@@ -268,6 +278,52 @@ def test_every_chart_has_plotted_data_and_empty_inputs_give_no_chart(sweep_dir):
     assert report.plot_layer_sparsity({}) is None
     assert report.plot_size_by_format([]) is None
     assert report.plot_training_time([]) is None
+    one_precision = [row for row in rows if row.get("run.model") == "resnet20"]
+    assert report.plot_training_time(one_precision) is None  # One bar compares nothing.
     empty = Figure()
     empty.add_subplot()
     assert not report.figure_has_data(empty)
+
+
+def test_budgeted_report_states_the_budget_and_how_many_runs_fit(sweep_dir):
+    markdown = report.write_report(sweep_dir, max_bytes=150_000, max_latency_ms=3).read_text()
+
+    assert "**r20-polynomial**" in markdown
+    assert (
+        "highest int8 accuracy of the 2 of 4 measured runs whose int8 file fits the budget "
+        "(size ≤ 146.5 KiB, latency ≤ 3 ms)" in markdown
+    )
+    card = (sweep_dir / "best" / "MODEL_CARD.md").read_text()
+    assert "size ≤ 146.5 KiB, latency ≤ 3 ms" in card
+
+
+def test_a_single_pair_is_called_a_single_observation(sweep_dir):
+    rows = [row for row in report.load_results(sweep_dir) if row["name"] != "r44-polynomial"]
+    blocks = report._comparison_blocks(rows, "tflite.int8.accuracy")
+    sentences = [block[1] for block in blocks if block[0] == "p"]
+
+    assert (
+        "One pair only, a single observation: schedule polynomial instead of constant "
+        "changed int8 accuracy by +5.00 pp." in sentences
+    )
+    assert not any("In both pairs" in sentence for sentence in sentences)
+
+
+def test_runs_with_identical_sparsity_share_one_labelled_line():
+    same = {"conv0": {"sparsity": 0.7}, "conv1": {"sparsity": 0.7}}
+    other = {"conv0": {"sparsity": 0.5}, "conv1": {"sparsity": 0.6}}
+    figure = report.plot_layer_sparsity({"a": same, "b": dict(same), "c": other})
+
+    labels = [line.get_label() for line in figure.axes[0].lines]
+    assert labels == ["a, b", "c"]
+    schedule = [{"step": 0.0, "target_sparsity": 0.0}, {"step": 10.0, "target_sparsity": 0.7}]
+    runs = {name: schedule for name in ("a", "b", "c", "d")}
+    figure = report.plot_sparsity_schedule(runs, {})
+    assert [line.get_label() for line in figure.axes[0].lines] == ["a and 3 more runs"]
+
+
+def test_labels_are_words():
+    assert report.metric_label("tflite.int8.latency_ms") == "int8 latency ms"
+    assert report.metric_label("keras.test_accuracy") == "Keras accuracy"
+    assert report.config_label("model.name") == "model"
+    assert report.config_label("prune.final_sparsity") == "final sparsity"

@@ -2,8 +2,12 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +59,7 @@ def study(tmp_path):
         yaml.safe_dump(
             {
                 "base": "../base.yaml",
-                "set": {"data.name": "synthetic"},
+                "set": {"data.name": "synthetic", "quantize.formats": ["int8"]},
                 "grid": {
                     "prune.schedule": ["constant", "polynomial"],
                     "prune.final_sparsity": [0.6, 0.7],
@@ -112,6 +116,7 @@ def test_sweep_records_failures_continues_and_skips_finished_runs(study, tmp_pat
     assert [line["status"] for line in table] == ["finished", "failed", "finished", "failed"]
     assert table[0]["tflite.int8.accuracy"] == "0.69"
     assert table[0]["config.prune.final_sparsity"] == "0.6"
+    assert "&id" not in (out / "study.yaml").read_text()  # No YAML anchors for readers.
     resolved = yaml.safe_load((out / "study.yaml").read_text())
     assert resolved["base"] == str((tmp_path / "base.yaml").resolve())
     assert [run["name"] for run in resolved["runs"]] == names
@@ -206,8 +211,44 @@ def test_format_value_round_trips_through_parse_override(value):
     assert parse_override(f"key={sweep.format_value(value)}") == ("key", value)
 
 
-@pytest.mark.parametrize("name, runs", [("quick.yaml", 2), ("seed.yaml", 64)])
+@pytest.mark.parametrize("name, runs", [("quick.yaml", 3), ("seed.yaml", 64)])
 def test_shipped_studies_validate(name, runs):
     study = sweep.load_study(CONFIGS / "studies" / name)
     assert len(study.points) == runs
     assert len({point.name for point in study.points}) == runs
+
+
+def test_sigterm_stops_the_running_run_and_exits_like_ctrl_c(study, tmp_path):
+    study_path, _, _ = study
+    pid_file = tmp_path / "child.pid"
+    # The runs sleep; each writes its process id so the test can check it was stopped.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from compactcnn import sweep
+        from compactcnn.cli import main
+
+        def sleeper(base, overrides, run_dir):
+            code = "import os, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+            return [sys.executable, "-c", "import sys; " + code, {str(pid_file)!r}]
+
+        # The CLI calls run_sweep with its default command builder: swap in the sleeper.
+        sweep.run_sweep.__kwdefaults__["command_builder"] = sleeper
+        sys.exit(main(["sweep", {str(study_path)!r}, "--out", {str(tmp_path / "sweep")!r}]))
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    child = int(pid_file.read_text())
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # The run was stopped and reaped, not orphaned.
+    assert not list((tmp_path / "sweep" / "runs").glob("*/error.txt"))  # Interrupted, not failed.
