@@ -8,14 +8,16 @@ multi-worker training can only be configured at program start-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -264,7 +266,9 @@ def worker_run_dir(
     """Picks where this process writes: the chief the real run dir, other workers a temporary one.
 
     Every worker must save (collective ops inside `save` need all of them), but only the chief's
-    files are kept: TensorFlow's multi-worker checkpoint convention.
+    files are kept: TensorFlow's multi-worker checkpoint convention. The temporary directory is
+    named after the run directory and the task, so a worker restarted after a kill reuses (and
+    finally removes) the one its killed predecessor left behind.
 
     Returns:
         The directory, created if missing, and a callable that removes it on non-chief workers
@@ -274,8 +278,23 @@ def worker_run_dir(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         return Path(run_dir), lambda: None
     _, task_type, task_id = _task(strategy)
-    temporary = Path(tempfile.mkdtemp(prefix=f"compactcnn-{task_type}{task_id}-"))
+    run_key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    temporary = Path(tempfile.gettempdir()) / f"compactcnn-{task_type}{task_id}-{run_key}"
+    temporary.mkdir(parents=True, exist_ok=True)
     return temporary, lambda: shutil.rmtree(temporary, ignore_errors=True)
+
+
+def weights_fingerprint(weights: Sequence[np.ndarray]) -> str:
+    """Hashes weights (in order, with their shapes and dtypes) into 16 hex digits.
+
+    Workers that trained in lock step hold bit-identical weights, so their fingerprints match.
+    """
+    digest = hashlib.sha256()
+    for array in weights:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def set_precision(precision: str) -> str:

@@ -113,8 +113,8 @@ def wrap(
     """Wraps the model's Conv2D and Dense layers for magnitude pruning, keeping its weights.
 
     Every other layer is copied as it is, because tfmot cannot wrap some of them (the `Rescaling`
-    input layer). Call it inside `strategy.scope()` when training distributed; each wrapper keeps
-    its layer's dtype policy, so mixed precision works.
+    input layer). Call it inside `strategy.scope()` when training distributed. Wrappers run in
+    float32 under every policy, so mixed precision never rounds the master kernels.
 
     With `m_by_n` = [m, n], tfmot sets the masks once, at step 1, to m zeros in every n input
     channels and ignores the sparsity schedule; layers whose input channels are not a multiple of
@@ -154,9 +154,13 @@ def wrap(
                 copy,
                 pruning_schedule=schedule,
                 sparsity_m_by_n=m_by_n,
-                # Without it the wrapper takes the global policy, and a float32 layer under
-                # mixed_bfloat16 fails with a bfloat16/float32 Mul mismatch.
-                dtype=layer.dtype_policy,
+                # The wrapper owns the mask update of the float32 master kernel, so it must run
+                # in float32 even under a mixed policy: with the global policy a float32 layer
+                # fails on a bfloat16/float32 Mul, and with the layer's mixed policy every mask
+                # update rounds the kernel to 16 bits (and fails under MirroredStrategy). The
+                # price: tfmot calls the inner layer's `call` directly, so pruned layers compute
+                # in float32 while the rest of the model (BN, ReLU, Add) stays in 16 bits.
+                dtype="float32",
             )
         copies[layer.name] = copy
         return copy

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from compactcnn import distribute, evaluate, prune, quantize, train
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
-from compactcnn.data import load_data, pipeline
+from compactcnn.data import cache_dir, load_data, pipeline
 from compactcnn.errors import UserError
 from compactcnn.models import create_model
 
@@ -87,6 +88,9 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         ),
         data.num_classes,
     )
+    # In-memory data has no files to split, so shard by element: under multi-worker training
+    # TensorFlow rebatches each global batch and hands every worker its own slice of it.
+    train_data = train_data.with_options(_shard_by_data())
     validation_data = None
     if len(data.x_val):
         validation_data = train.one_hot(
@@ -132,6 +136,10 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
     distribute.set_precision("float32")
     float_model = create_model(config.model.name, data.num_classes)
     _copy_weights(model, float_model)
+    if distribute.worker_count(strategy) > 1:
+        # Every worker prints it, so anyone can check that the copies trained in lock step.
+        fingerprint = distribute.weights_fingerprint(float_model.get_weights())
+        print(f"trained weights fingerprint: {fingerprint}")
 
     metrics: dict[str, Any] = {
         "run": {
@@ -164,12 +172,23 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         metrics.update(_export_and_evaluate(float_model, qat_model, config, data, write_dir))
         _atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
         shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    else:
+        # The other workers export nothing, but report their model's accuracy like the chief.
+        keras_metrics = evaluate.evaluate_keras(float_model, data.x_test, data.y_test)
+        keras_metrics.pop("predictions")
+        metrics.update({"keras": keras_metrics, "tflite": {}})
     cleanup()
     return metrics
 
 
+def _shard_by_data() -> tf.data.Options:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
+
+
 def _copy_weights(source, target) -> None:
-    """Copies weights layer by layer by name, so wrapper or policy differences do not matter."""
+    """Copies weights between two builds of one architecture (stripped, other policy)."""
     target.set_weights(source.get_weights())
 
 
@@ -262,15 +281,25 @@ def _calibration_images(images: np.ndarray, count: int) -> np.ndarray:
 
 
 def _dense_float32_sizes(model_name: str, num_classes: int) -> dict[str, int]:
-    """Sizes of the dense float32 .tflite of this architecture: the compression baseline."""
+    """Sizes of the dense float32 .tflite of this architecture: the compression baseline.
 
+    Converting it costs as much as a short training run, so the sizes are cached per
+    architecture and TensorFlow version under $COMPACTCNN_DATA.
+    """
+    cache = cache_dir() / "baselines" / f"{model_name}-{num_classes}-tf{tf.__version__}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
     dense = create_model(model_name, num_classes)
     with tempfile.TemporaryDirectory() as folder:
         files = quantize.export(dense, QuantizeConfig(), None, Path(folder), formats=["float32"])
-        return evaluate.file_sizes(files["float32"])
+        sizes = evaluate.file_sizes(files["float32"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(cache, json.dumps(sizes))
+    return sizes
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
+    # A per-process temporary name: parallel sweep runs may write the same cache file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)

@@ -161,6 +161,30 @@ class _EpochStats(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+class _BackupAfterLogging(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose step-count backups never fall on the gap before an epoch's row.
+
+    With `save_freq` in steps, Keras backs up the last step of an epoch at that step's end,
+    before validation and before CSVLogger writes the epoch's row: a kill in between resumes at
+    the next epoch and the row is lost. That backup is moved to the epoch end instead, after the
+    callbacks placed before this one (CSVLogger) have run.
+    """
+
+    def _backup(self, epoch, batch=0):
+        steps = self.params.get("steps")
+        if self.save_freq != "epoch" and steps and batch == steps - 1:
+            self._epoch_end_backup = (epoch, batch)
+            return
+        super()._backup(epoch, batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        pending = getattr(self, "_epoch_end_backup", None)
+        if pending is not None:
+            self._epoch_end_backup = None
+            super()._backup(*pending)
+        super().on_epoch_end(epoch, logs)
+
+
 def fit(
     model: keras.Model,
     train_data: tf.data.Dataset,
@@ -199,7 +223,7 @@ def fit(
         *callbacks,
         _EpochStats(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
-        keras.callbacks.BackupAndRestore(
+        _BackupAfterLogging(
             str(run_dir / "backup"), save_freq=save_freq or "epoch", delete_checkpoint=True
         ),
     ]
