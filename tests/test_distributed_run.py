@@ -342,8 +342,9 @@ def test_only_the_chief_writes_a_run_directory(killed_and_resumed):
     assert (run_dir / "tflite" / "float32.tflite").stat().st_size > 0
     assert not (run_dir / "backup").exists()
     assert sorted(path.name for path in folder.iterdir() if path.is_dir()) == [
-        "run", "tmp0", "tmp1",
+        "cache", "run", "tmp0", "tmp1",
     ]  # fmt: skip
+    assert not list((folder / "cache").rglob("*.tflite"))  # the cache holds sizes, not models
     # The killed worker left its temporary directory; the restarted one reused and removed it.
     assert before["worker_tmp"] and not list((folder / "tmp1").glob("compactcnn-*"))
     assert not list((folder / "tmp0").glob("compactcnn-*"))
