@@ -1,6 +1,7 @@
 """One run, start to finish: the whole compactcnn pipeline in one place.
 
-    config -> data -> model -> prune.wrap -> train -> prune.strip -> [QAT] -> export -> evaluate
+    config -> data -> model -> prune.wrap -> train -> prune.strip -> [cluster] -> [QAT]
+           -> export -> evaluate
 
 Everything a run produces lands in its run directory (see docs/DESIGN.md); `metrics.json` is
 written last, so its presence means the run finished and a re-run returns at once.
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from compactcnn import distribute, evaluate, prune, quantize, train
+from compactcnn import cluster, distribute, evaluate, prune, quantize, train
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
 from compactcnn.data import cache_dir, load_data, pipeline
 from compactcnn.errors import UserError
@@ -162,6 +163,13 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
             **prune.sparsity_report(float_model),
         }
 
+    if config.quantize.weight_clusters:
+        float_model = _cluster_finetune(float_model, config, strategy, train_data, steps_per_epoch)
+        metrics["clustering"] = {
+            "clusters": config.quantize.weight_clusters,
+            **cluster.distinct_values_report(float_model),
+        }
+
     qat_model = None
     if config.quantize.qat:
         qat_model = _quantization_aware_finetune(
@@ -205,6 +213,21 @@ def _train_metrics(history, steps_per_epoch, global_batch, wall_seconds, policy)
         "final_accuracy": float(last["accuracy"]) if "accuracy" in last else None,
         "precision": policy,
     }
+
+
+def _cluster_finetune(float_model, config, strategy, train_data, steps):
+    """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
+    with strategy.scope():
+        clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
+        optimizer = keras.optimizers.SGD(
+            config.quantize.cluster_learning_rate, momentum=config.train.momentum, nesterov=True
+        )
+        train.compile_model(clustered, config.train, optimizer)
+    clustered.fit(
+        train_data, epochs=config.quantize.cluster_epochs, steps_per_epoch=steps, verbose=2
+    )
+    float_model.set_weights(cluster.strip(clustered).get_weights())
+    return float_model
 
 
 def _quantization_aware_finetune(float_model, config, strategy, train_data, steps, pruned):

@@ -193,6 +193,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
         "--set", "train.steps_per_epoch=30",
         "--set", "prune.begin_epoch=0", "--set", "prune.end_epoch=3",
         "--set", "quantize.formats=[float32]", "--set", "output.latency_runs=2",
+        "--set", "quantize.weight_clusters=8",
     ]  # fmt: skip
     environment = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
     process = subprocess.Popen(
@@ -227,3 +228,6 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     sparsities = [float(row["sparsity"]) for row in rows]
     assert sparsities == sorted(sparsities) and sparsities[0] > 0.2
     assert not (run_dir / "backup").exists()
+    # Clustering after pruning: 7 shared non-zero values per layer, and the zeros survive.
+    assert metrics["clustering"]["max_distinct_values"] <= 7
+    assert metrics["tflite"]["float32"]["zeros_fraction"] >= 0.695
