@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free right now, for the TF_CONFIG of local worker processes."""
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
@@ -93,7 +94,7 @@ def _launch(recorder: common.Recorder, workers: int, shared: list[str], prefix: 
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(workers)] if workers > 1 else []
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)] if workers > 1 else []
     processes, lines = [], []
     started = time.perf_counter()
     for index in range(workers):

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import tensorflow as tf
 import tf_keras as keras
 import yaml
 
+from bench.multiworker_scaling import free_ports
 from compactcnn import train
 from compactcnn.config import TrainConfig
 
@@ -242,16 +242,6 @@ def test_mixed_float16_gets_a_loss_scale_optimizer():
 
 
 # --- 2 and 3: two `compactcnn run` workers, killed and restarted -----------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def start_workers(folder: Path, attempt: str, addresses: list[str] | None = None) -> list[Launch]:
