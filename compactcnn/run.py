@@ -57,20 +57,9 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
     peak_lr = distribute.scaled_learning_rate(
         config.train.learning_rate, global_batch, REFERENCE_BATCH, config.train.scale_learning_rate
     )
-    # Data errors are the commonest user mistake: find them before anything is written.
+    # Data, model and pruning errors are the commonest user mistakes: they all surface before the
+    # run directory is created, so a rejected run leaves nothing behind.
     data = load_data(config.data, seed=config.train.seed)
-    write_dir, cleanup = distribute.worker_run_dir(run_dir, strategy)
-    save_config(
-        config,
-        write_dir / "config.yaml",
-        resolved={
-            "replicas": replicas,
-            "global_batch_size": global_batch,
-            "learning_rate": peak_lr,
-            "precision_policy": policy,
-        },
-    )
-
     steps_per_epoch = config.train.steps_per_epoch or len(data.x_train) // global_batch
     if steps_per_epoch < 1:
         raise UserError(
@@ -108,6 +97,18 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
         schedule = train.learning_rate_schedule(config.train, steps_per_epoch, peak_lr)
         train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
+
+    write_dir, cleanup = distribute.worker_run_dir(run_dir, strategy)
+    save_config(
+        config,
+        write_dir / "config.yaml",
+        resolved={
+            "replicas": replicas,
+            "global_batch_size": global_batch,
+            "learning_rate": peak_lr,
+            "precision_policy": policy,
+        },
+    )
 
     extra_callbacks = prune.callbacks(str(write_dir / "logs" / "pruning")) if pruned else []
     if pruned and chief:

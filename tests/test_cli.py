@@ -98,3 +98,9 @@ def test_corrupt_tflite_to_evaluate_and_predict(tmp_path, capsys):
     image = tmp_path / "x.jpg"
     image.write_bytes(_jpeg(0))
     _one_line_error(capsys, ["predict", str(model), str(image)], "corrupt")
+
+
+def test_pruning_mistake_leaves_no_run_directory(tmp_path, capsys):
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    _one_line_error(capsys, [*run_argv, "--set", "prune.exclude=[no_such_layer]"], "matches no")
+    assert not (tmp_path / "run").exists()
