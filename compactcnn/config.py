@@ -342,6 +342,21 @@ def _string_if_wanted(key: str, value: Any) -> Any:
     return value
 
 
+def read_yaml(path: Path, kind: str) -> Any:
+    """Parses a YAML file, with one-line errors naming `kind` (e.g. "study file") and the path.
+
+    Raises:
+        UserError: When the file is missing or is not valid YAML.
+    """
+    if not path.is_file():
+        raise UserError(f"{kind} '{path}' not found; pass the path of a YAML file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"{kind} '{path}' is not valid YAML: {first_line}") from None
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
     """Loads a YAML config file (or the defaults when `path` is None) and applies overrides.
 
@@ -351,13 +366,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file '{path}' not found; pass the path of a YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            first_line = str(error).splitlines()[0]
-            raise UserError(f"config file '{path}' is not valid YAML: {first_line}") from None
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections")
         values = loaded or {}

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from compactcnn.config import load_config
+from compactcnn.config import load_config, read_yaml
 from compactcnn.errors import UserError
 
 STUDY_KEYS = ("base", "description", "grid", "sample", "seed", "set")
@@ -199,13 +199,7 @@ def load_study(study_path: str | os.PathLike) -> Study:
             point whose config is invalid (unknown key, bad value).
     """
     study_path = Path(study_path)
-    if not study_path.is_file():
-        raise UserError(f"study file '{study_path}' not found; pass the path of a study YAML")
-    try:
-        study = yaml.safe_load(study_path.read_text())
-    except yaml.YAMLError as error:
-        first_line = str(error).splitlines()[0]
-        raise UserError(f"study file '{study_path}' is not valid YAML: {first_line}") from None
+    study = read_yaml(study_path, "study file")
     if not isinstance(study, dict):
         raise UserError(f"study file '{study_path}' must be a mapping with 'base' and 'grid'")
     unknown = sorted(set(study) - set(STUDY_KEYS))
