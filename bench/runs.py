@@ -81,10 +81,14 @@ def scratch(recorder, args, sparsity: float) -> tuple[Path, dict[str, Any]]:
     return _run(recorder, args, f"scratch{round(sparsity * 100)}-e{args.epochs}", overrides)
 
 
-def baseline(recorder, args) -> dict[str, Any]:
-    """The plain tf_keras baseline trained for `args.epochs`; returns its metrics."""
-    out = common.relative(Path(args.cache_dir) / f"baseline-e{args.epochs}")
-    command = ["python", "-m", "bench.baseline", "--epochs", str(args.epochs)]
+def baseline(recorder, args, recipe: str = "strong", seed: int = 0) -> dict[str, Any]:
+    """The plain tf_keras baseline (`recipe`, see bench/baseline.py) trained for `args.epochs`;
+    returns its metrics."""
+    label = f"baseline-{recipe}-e{args.epochs}" + (f"-s{seed}" if seed else "")
+    out = common.relative(Path(args.cache_dir) / label)
+    command = ["python", "-m", "bench.baseline", "--recipe", recipe, "--epochs", str(args.epochs)]
+    if seed:
+        command += ["--seed", str(seed)]
     if args.quick:
         out = out.with_name(out.name + "-quick")
         command += ["--quick", "--steps-per-epoch", "3", "--batch-size", "32"]

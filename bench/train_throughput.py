@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build(name: str, data, batch_size: int) -> setups.Training:
     if name == "baseline":
-        model = baseline.build_resnet20(data.num_classes)
-        baseline.compile_baseline(model)
+        model = baseline.build_resnet20(data.num_classes, l2=baseline.L2["strong"])
+        baseline.compile_baseline(model, "strong")
         dataset = baseline.train_dataset(data.x_train, data.y_train, batch_size)
         return setups.Training(model, dataset, [], batch_size)
     if name == "dense":

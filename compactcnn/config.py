@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ DATA_NAMES = ("cifar10", "cifar100", "imagefolder", "sample", "synthetic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PRUNE_SCHEDULES = ("none", "constant", "polynomial")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
+WEIGHT_DECAY_FORMS = ("gradient", "decoupled")
 EXPORT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+_FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # Run directories record derived values (global batch, scaled rate) under this key of config.yaml.
 RESOLVED_KEY = "resolved"
 
@@ -65,9 +68,12 @@ class ModelConfig:
 
     Attributes:
         name: A registered model name, e.g. resnet20 (see `compactcnn.models.list_models`).
+        zero_init_residual: Start the last BatchNormalization scale of every residual branch at
+            zero, so each block begins as the identity (Goyal et al. 2017).
     """
 
     name: str = "resnet20"
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -84,7 +90,15 @@ class TrainConfig:
         warmup_epochs: Linear warm-up from 0 to the peak, in epochs (at most a fifth of training).
         momentum: SGD momentum.
         nesterov: Use Nesterov momentum.
-        weight_decay: L2 penalty on conv and dense kernels (not on BN or biases).
+        weight_decay: Weight decay coefficient on conv and dense kernels (see
+            `weight_decay_form`; BN scales/offsets and biases are left alone unless
+            `decay_all_weights`).
+        weight_decay_form: `gradient` adds `weight_decay * w` to each gradient before momentum
+            (classic L2, as PyTorch's SGD `weight_decay`; Keras `l2(c)` equals `2c` here);
+            `decoupled` shrinks weights by `learning_rate * weight_decay` per step after the
+            update (Loshchilov & Hutter), about 10x weaker than `gradient` at momentum 0.9.
+            Both live in the optimizer, so pruning-, clustering- and QAT-wrapped kernels decay.
+        decay_all_weights: Also decay BN scales/offsets and biases.
         label_smoothing: Label smoothing of the cross-entropy loss.
         scale_learning_rate: Linear scaling rule: multiply the rate by global_batch / 128.
         steps_per_epoch: Limit the steps per epoch (0 means a full pass).
@@ -100,6 +114,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    weight_decay_form: str = "decoupled"
+    decay_all_weights: bool = False
     label_smoothing: float = 0.1
     scale_learning_rate: bool = True
     steps_per_epoch: int = 0
@@ -241,6 +257,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_PATTERN.fullmatch(value.strip()):
+            # YAML 1.1 reads `5e-4` (no dot) as a string; everyone means the number.
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -408,6 +427,7 @@ def validate(config: Config) -> None:
     _check_choice("data.label_mode", config.data.label_mode, ("fine", "coarse"))
     _check_choice("train.precision", config.train.precision, PRECISIONS)
     _check_choice("train.lr_schedule", config.train.lr_schedule, LR_SCHEDULES)
+    _check_choice("train.weight_decay_form", config.train.weight_decay_form, WEIGHT_DECAY_FORMS)
     _check_choice("prune.schedule", config.prune.schedule, PRUNE_SCHEDULES)
     _check_choice("distribute.strategy", config.distribute.strategy, STRATEGIES)
     _check_choice("quantize.int8_io", config.quantize.int8_io, ("uint8", "int8", "float32"))

@@ -89,7 +89,11 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
 
     pruned = config.prune.schedule != "none"
     with strategy.scope():
-        model = create_model(config.model.name, data.num_classes)
+        model = create_model(
+            config.model.name,
+            data.num_classes,
+            zero_init_residual=config.model.zero_init_residual,
+        )
         if config.prune.from_run:
             # Fine-tuning: dense weights first, then the pruning wrappers, then a fresh optimizer.
             dense = keras.models.load_model(prune.resolve_pretrained(config.prune.from_run))
@@ -220,9 +224,7 @@ def _cluster_finetune(float_model, config, strategy, train_data, steps):
     """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
     with strategy.scope():
         clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
-        optimizer = keras.optimizers.SGD(
-            config.quantize.cluster_learning_rate, momentum=config.train.momentum, nesterov=True
-        )
+        optimizer = train.build_optimizer(config.train, config.quantize.cluster_learning_rate)
         train.compile_model(clustered, config.train, optimizer)
     clustered.fit(
         train_data, epochs=config.quantize.cluster_epochs, steps_per_epoch=steps, verbose=2
@@ -235,9 +237,7 @@ def _quantization_aware_finetune(float_model, config, strategy, train_data, step
     """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse."""
     with strategy.scope():
         qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
-        optimizer = keras.optimizers.SGD(
-            config.quantize.qat_learning_rate, momentum=config.train.momentum, nesterov=True
-        )
+        optimizer = train.build_optimizer(config.train, config.quantize.qat_learning_rate)
         train.compile_model(qat_model, config.train, optimizer)
     qat_model.fit(train_data, epochs=config.quantize.qat_epochs, steps_per_epoch=steps, verbose=2)
     return qat_model

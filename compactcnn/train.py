@@ -97,20 +97,57 @@ def learning_rate_schedule(
     return peak
 
 
+class GradientDecaySGD(keras.optimizers.SGD):
+    """SGD whose weight decay enters the gradient before momentum: classic L2.
+
+    This is PyTorch's `SGD(weight_decay=c)` and Keras' `l2(c / 2)` kernel regularizer, but applied
+    by the optimizer, so it reaches every kernel, including those inside pruning, clustering and
+    QAT wrappers, which a layer's `kernel_regularizer` does not follow. `update_step` receives the
+    gradient already summed over replicas, so the decay is added once under any strategy.
+    """
+
+    def __init__(self, *, gradient_decay: float, decay_exclude: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.gradient_decay = gradient_decay
+        self.decay_exclude = tuple(decay_exclude)
+
+    def decays(self, variable: tf.Variable) -> bool:
+        """Whether `variable` is decayed (its name contains none of `decay_exclude`)."""
+        return not any(part in variable.name for part in self.decay_exclude)
+
+    def update_step(self, gradient, variable):
+        if self.gradient_decay and self.decays(variable):
+            gradient = gradient + tf.cast(self.gradient_decay, gradient.dtype) * tf.cast(
+                variable, gradient.dtype
+            )
+        super().update_step(gradient, variable)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(gradient_decay=self.gradient_decay, decay_exclude=list(self.decay_exclude))
+        return config
+
+
 def build_optimizer(train_config: TrainConfig, schedule) -> keras.optimizers.Optimizer:
-    """SGD with (Nesterov) momentum and decoupled weight decay on kernels only.
+    """SGD with (Nesterov) momentum and weight decay in the configured form.
 
     Decay lives in the optimizer rather than as kernel regularizers, so it reaches layers wrapped
-    by pruning or quantization unchanged.
+    by pruning, clustering or quantization unchanged. BN scales/offsets and biases are not decayed
+    unless `decay_all_weights`.
     """
-    optimizer = keras.optimizers.SGD(
-        learning_rate=schedule,
-        momentum=train_config.momentum,
-        nesterov=train_config.nesterov,
-        weight_decay=train_config.weight_decay or None,
-    )
-    if train_config.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_VARIABLES))
+    exclude = () if train_config.decay_all_weights else NO_DECAY_VARIABLES
+    common = {
+        "learning_rate": schedule,
+        "momentum": train_config.momentum,
+        "nesterov": train_config.nesterov,
+    }
+    if train_config.weight_decay_form == "gradient":
+        return GradientDecaySGD(
+            gradient_decay=train_config.weight_decay, decay_exclude=exclude, **common
+        )
+    optimizer = keras.optimizers.SGD(weight_decay=train_config.weight_decay or None, **common)
+    if train_config.weight_decay and exclude:
+        optimizer.exclude_from_weight_decay(var_names=list(exclude))
     return optimizer
 
 

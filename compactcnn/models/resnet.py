@@ -27,12 +27,15 @@ def _conv(filters: int, kernel_size: int, strides: int, name: str):
     )
 
 
-def _residual_block(inputs, filters: int, strides: int, name: str):
+def _residual_block(inputs, filters: int, strides: int, name: str, zero_init: bool):
     x = _conv(filters, 3, strides, f"{name}_conv1")(inputs)
     x = keras.layers.BatchNormalization(name=f"{name}_bn1")(x)
     x = keras.layers.ReLU(name=f"{name}_relu1")(x)
     x = _conv(filters, 3, 1, f"{name}_conv2")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn2")(x)
+    # A zero scale makes the block start as the identity (Goyal et al. 2017, section 5.1).
+    x = keras.layers.BatchNormalization(
+        gamma_initializer="zeros" if zero_init else "ones", name=f"{name}_bn2"
+    )(x)
     shortcut = inputs
     if strides != 1 or inputs.shape[-1] != filters:
         shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(inputs)
@@ -45,6 +48,7 @@ def cifar_resnet(
     depth: int,
     num_classes: int = 10,
     input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
 ) -> keras.Model:
     """Builds a CIFAR ResNet v1 of the given depth.
 
@@ -52,6 +56,7 @@ def cifar_resnet(
         depth: 6n+2, e.g. 20, 32, 44, 56, 110.
         num_classes: Classifier outputs.
         input_shape: Image shape, NHWC without the batch.
+        zero_init_residual: Initialize the last BN scale of each residual branch to zero.
 
     Returns:
         A Functional model from raw pixels (0-255) to softmax probabilities. The softmax layer is
@@ -68,7 +73,8 @@ def cifar_resnet(
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks_per_stage):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _residual_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+            name = f"stage{stage + 1}_block{block + 1}"
+            x = _residual_block(x, filters, strides, name, zero_init_residual)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(
         num_classes,

@@ -1,0 +1,142 @@
+"""Which parts of the training recipe matter: one factor at a time against the old default.
+
+ResNet-20 on the shared CIFAR-10 for E epochs (default 10). Every row is a real `compactcnn run`
+of bench/configs/recipe_before.yaml (the recipe shipped before this ablation, every key spelled
+out) with one change, plus the plain tf_keras baselines of bench/baseline.py trained for the same
+epochs. The test accuracy is that of the exported float32 `.tflite` on the 10,000 test images.
+Rows run in the order below and are cached in `--cache-dir`, so an interrupted ablation resumes
+where it stopped, and the results JSON is rewritten after every row.
+
+    python -m bench.recipe_ablation                    # ~12 min per row on 2 cores
+    python -m bench.recipe_ablation --rows default,wd_gradient_5e-4
+    python -m bench.recipe_ablation --seeds 1 --rows wd_gradient_1e-3   # a second seed
+    python -m bench.recipe_ablation --quick            # 3 steps per row on the sample
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import common, runs
+
+NAME = "recipe_ablation"
+BASE_CONFIG = "bench/configs/recipe_before.yaml"
+# name -> (what changes, overrides). Ordered by the size of the effect we expect, so a partial
+# ablation already answers the main question.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "default": ("the old default: decoupled decay 5e-4, ls 0.1, warm-up 1, batch 128", []),
+    "wd_gradient_5e-4": (
+        "L2 through the gradient, 5e-4 (PyTorch's SGD weight_decay)",
+        ["train.weight_decay_form=gradient", "train.weight_decay=5e-4"],
+    ),
+    "wd_gradient_1e-3": (
+        "L2 through the gradient, 1e-3 (= Keras l2(5e-4), the strong baseline's)",
+        ["train.weight_decay_form=gradient", "train.weight_decay=1e-3"],
+    ),
+    "wd_decoupled_5e-3": (
+        "decoupled decay 5e-3 (~ gradient 5e-4 at momentum 0.9)",
+        ["train.weight_decay=5e-3"],
+    ),
+    "zero_init_residual": (
+        "last BN gamma of each residual block at 0",
+        ["model.zero_init_residual=true"],
+    ),
+    "batch_64": ("batch 64 (rate scaled to 0.05)", ["train.batch_size=64"]),
+    "no_label_smoothing": ("label smoothing 0", ["train.label_smoothing=0.0"]),
+    "warmup_0": ("no warm-up", ["train.warmup_epochs=0"]),
+    "warmup_2": ("2 warm-up epochs", ["train.warmup_epochs=2"]),
+    "cutout_8": ("cutout 8x8", ["data.cutout=8"]),
+    "decay_all": ("decay on BN and biases too", ["train.decay_all_weights=true"]),
+    "batch_256": ("batch 256 (rate scaled to 0.2)", ["train.batch_size=256"]),
+}
+BASELINES = {
+    "baseline_strong": ("plain tf_keras, strong recipe (SGD Nesterov, cosine, L2 5e-4)", "strong"),
+    "baseline_keras_example": ("plain tf_keras, Keras example recipe (Adam 1e-3)", "keras-example"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Trains (or reuses) every requested row and writes `recipe_ablation.json`."""
+    arguments = common.parser(__doc__.splitlines()[0])
+    runs.arguments(arguments)
+    arguments.add_argument(
+        "--rows", default="", help="comma-separated row names (default: baselines, then ROWS)"
+    )
+    arguments.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
+    arguments.add_argument("--extra", default="", help="name=override;override,... extra rows")
+    args = arguments.parse_args(argv)
+    runs.quick(args)
+    rows_wanted = [name for name in args.rows.split(",") if name] or [*BASELINES, *ROWS]
+    extra = _parse_extra(args.extra)
+    table = {**ROWS, **extra}
+    unknown = [name for name in rows_wanted if name not in table and name not in BASELINES]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; choose from {[*BASELINES, *table]}")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    recorder = common.Recorder(NAME, argv, settings=dict(vars(args)))
+    results: list[dict] = []
+    for seed in seeds:
+        for name in rows_wanted:
+            results.append(_measure(recorder, args, name, table, seed))
+            _write(recorder, args, results)
+    print(common.table(results, ["row", "seed", "test_accuracy", "delta_points", "seconds"]))
+    return 0
+
+
+def _parse_extra(text: str) -> dict[str, tuple[str, list[str]]]:
+    """`name=a.b=1;c.d=2,name2=...` -> extra rows (combinations of factors)."""
+    rows = {}
+    for item in filter(None, text.split(",")):
+        name, _, overrides = item.partition("=")
+        rows[name] = (overrides.replace(";", ", "), overrides.split(";"))
+    return rows
+
+
+def _measure(recorder, args, name: str, table: dict, seed: int) -> dict:
+    if name in BASELINES:
+        description, recipe = BASELINES[name]
+        metrics = runs.baseline(recorder, args, recipe=recipe, seed=seed)
+        return {
+            "row": name,
+            "change": description,
+            "seed": seed,
+            "test_accuracy": metrics["test_accuracy"],
+            "seconds": metrics["seconds"],
+            "images_per_second": metrics["images_per_second"],
+        }
+    description, overrides = table[name]
+    overrides = [f"train.epochs={args.epochs}", f"train.seed={seed}", *overrides]
+    if args.quick:
+        overrides += common.quick_run_overrides()
+    label = f"recipe-{name}-e{args.epochs}-s{seed}"
+    run_dir, metrics = common.compactcnn_run(
+        recorder, label, overrides, args.cache_dir, config=BASE_CONFIG
+    )
+    return {
+        "row": name,
+        "change": description,
+        "seed": seed,
+        "overrides": overrides,
+        # The exported file's accuracy: what a user ships.
+        "test_accuracy": metrics["tflite"]["float32"]["accuracy"],
+        "keras_accuracy": metrics["keras"]["test_accuracy"],
+        "seconds": metrics["train"]["seconds"],
+        "images_per_second": metrics["train"]["images_per_second"],
+        "run_dir": str(run_dir),
+    }
+
+
+def _write(recorder, args: argparse.Namespace, results: list[dict]) -> None:
+    defaults = {row["seed"]: row["test_accuracy"] for row in results if row["row"] == "default"}
+    for row in results:
+        reference = defaults.get(row["seed"])
+        row["delta_points"] = (
+            None if reference is None else round(100 * (row["test_accuracy"] - reference), 2)
+        )
+    recorder.write(
+        args.results_dir, {"epochs": args.epochs, "base_config": BASE_CONFIG, "rows": results}, {}
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
