@@ -5,8 +5,10 @@
 # container; configs in Cloud Storage are read through Vertex AI's /gcs/ mount instead.
 FROM python:3.11-slim
 
-# cpu installs tensorflow-cpu; gpu installs tensorflow[and-cuda], whose pip wheels bring CUDA and
-# cuDNN, so the slim base needs only the host's NVIDIA driver.
+# cpu installs the plain tensorflow wheel, which runs on CPU-only machines (not tensorflow-cpu:
+# tf-keras requires the tensorflow distribution itself, see pyproject.toml); gpu installs
+# tensorflow[and-cuda], whose pip wheels bring CUDA and cuDNN, so the slim base needs only the
+# host's NVIDIA driver.
 ARG TENSORFLOW=cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

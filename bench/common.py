@@ -3,7 +3,8 @@
 A benchmark is a module with `main(argv)`. It measures its variants in interleaved rounds (the
 machine is shared and noisy, so only ratios taken side by side in one run mean anything), prints a
 table, and writes `bench/results/<name>.json` with the machine, the settings, every command it ran
-with its wall time, the results and the targets.
+with its wall time, the results and the targets. A `--quick` run writes to `bench/results/quick/`
+instead, so it never overwrites the committed full results.
 """
 
 from __future__ import annotations
@@ -26,22 +27,51 @@ from typing import Any
 
 import tf_keras as keras
 
+from compactcnn.cli import run_command_line
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
+# Where --quick runs write by default (git-ignored), so the committed full results stay as they are.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 CACHE_DIR = REPO_ROOT / "bench" / "cache"
 # The shared CIFAR-10 JPEG archive, as the repo's configs name it (relative to the repo root).
 SHARED_DATA = "../shared/data/cifar10-jpeg.tar.gz"
 JPEG_CONFIG = "configs/resnet20_cifar10_jpeg.yaml"
 
 
+def default_results_dir(quick: bool) -> Path:
+    """Where results go when `--results-dir` is not given: quick runs apart from full ones."""
+    return QUICK_RESULTS_DIR if quick else RESULTS_DIR
+
+
+class _BenchParser(argparse.ArgumentParser):
+    """Fills in the default `--results-dir` once `--quick` is known."""
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if getattr(namespace, "results_dir", None) is None:
+            namespace.results_dir = default_results_dir(getattr(namespace, "quick", False))
+        return namespace, extras
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark takes."""
-    arguments = argparse.ArgumentParser(description=description)
+    """An argument parser with the options every benchmark takes.
+
+    `--results-dir` defaults to `bench/results/` for full runs and to `bench/results/quick/` for
+    `--quick` runs; the parsed arguments always hold the resolved directory.
+    """
+    arguments = _BenchParser(description=description)
     arguments.add_argument(
         "--quick", action="store_true", help="tiny smoke version on the bundled sample"
     )
     arguments.add_argument(
-        "--results-dir", type=Path, default=RESULTS_DIR, help="where <name>.json goes"
+        "--results-dir",
+        type=Path,
+        default=None,
+        help=f"where <name>.json goes (default: {relative(RESULTS_DIR)}/, "
+        f"or {relative(QUICK_RESULTS_DIR)}/ with --quick)",
     )
     return arguments
 
@@ -281,10 +311,10 @@ def compactcnn_run(
     """
     run_dir = relative(Path(cache_dir) / f"{label}-{run_key(config, overrides)}")
     metrics_path = resolve(run_dir) / "metrics.json"
-    command = ["python", "-m", "compactcnn", "run", config]
-    for override in overrides:
-        command += ["--set", override]
-    command += ["--out", str(run_dir), "--verbose", "2"]
+    command = run_command_line(config, list(overrides), run_dir, python="python") + [
+        "--verbose",
+        "2",
+    ]
     if metrics_path.exists():
         print(f"reusing {run_dir}")
         recorder.command(shlex.join(command), 0.0, cached=True, run_dir=str(run_dir))

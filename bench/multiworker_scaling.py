@@ -142,7 +142,9 @@ def _worker(args: argparse.Namespace) -> int:
     strategy = distribute.create_strategy(DistributeConfig(strategy="auto"))
     replicas = strategy.num_replicas_in_sync
     data = common.load_images(args.quick, args.data_path)
-    training = setups.compactcnn_training(data, args.batch_size * replicas, strategy=strategy)
+    # Per-replica batch: the global batch and the learning rate scale with the replicas, as in
+    # `compactcnn run` (this benchmark used to train 2 replicas at the 1-replica rate).
+    training = setups.compactcnn_training(data, args.batch_size, strategy=strategy)
     common.timed_fit(training.model, training.dataset, 1, 1, 1)  # trace once
     rate = common.timed_fit(
         training.model, training.dataset, training.batch_size, args.warmup, args.steps

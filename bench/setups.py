@@ -1,4 +1,4 @@
-"""compactcnn's training set-up, built from its own stages the way `compactcnn/run.py` builds it.
+"""compactcnn's training set-up, built by the phase `compactcnn run` uses (`run.build_training`).
 
 Benchmarks time `model.fit` on this set-up directly, leaving out run.py's per-epoch file writing
 (CSV history, backups, TensorBoard), which costs nothing per step.
@@ -12,10 +12,8 @@ from typing import Any
 import tensorflow as tf
 
 from bench import common
-from compactcnn import distribute, prune, train
+from compactcnn import distribute, run
 from compactcnn.config import load_config
-from compactcnn.data import pipeline
-from compactcnn.models import create_model
 
 # Pruning benchmarks use the schedule of configs/pruning/*: polynomial, a mask update every 100
 # steps, here over a 10-epoch run so the timed steps fall inside the pruning window.
@@ -40,18 +38,20 @@ def compactcnn_training(
     frequency: int = 100,
     strategy: tf.distribute.Strategy | None = None,
 ) -> Training:
-    """Builds compactcnn's ResNet-20 training on `data` with the JPEG config's hyperparameters.
+    """Builds compactcnn's ResNet-20 training on `data` with the JPEG config's recipe.
 
     Args:
         data: A `compactcnn.data.ImageData`.
-        batch_size: Global batch (images per step over all replicas).
+        batch_size: Images per replica per step (`train.batch_size`); the global batch and the
+            learning rate scale with the strategy's replicas as in `compactcnn run`.
         precision: float32, mixed_float16 or mixed_bfloat16.
         pruning: Wrap for polynomial pruning to 70%, mask updates every `frequency` steps.
         frequency: Steps between mask updates.
         strategy: Build inside this strategy's scope (default: TensorFlow's default strategy).
 
     Returns:
-        The set-up; the global precision policy is float32 again afterwards.
+        The set-up (its `batch_size` is the global batch); the global precision policy is
+        float32 again afterwards.
     """
     overrides = [f"train.batch_size={batch_size}", f"train.precision={precision}"]
     if pruning:
@@ -62,24 +62,10 @@ def compactcnn_training(
             f"train.epochs={PRUNE_EPOCHS}",
         ]
     config = load_config(common.resolve(common.JPEG_CONFIG), overrides)
-    strategy = strategy or tf.distribute.get_strategy()
-    steps_per_epoch = max(1, len(data.x_train) // batch_size)
-    dataset = train.one_hot(
-        pipeline.train_dataset(
-            data.x_train, data.y_train, batch_size, augment=True, seed=config.train.seed
-        ),
-        data.num_classes,
-    )
-    distribute.set_precision(precision)
     try:
-        with strategy.scope():
-            model = create_model(config.model.name, data.num_classes)
-            model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
-            schedule = train.learning_rate_schedule(
-                config.train, steps_per_epoch, config.train.learning_rate
-            )
-            train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
+        built = run.build_training(
+            config, strategy=strategy or tf.distribute.get_strategy(), data=data
+        )
     finally:
         distribute.set_precision("float32")
-    callbacks = prune.callbacks(None) if pruning else []
-    return Training(model, dataset, callbacks, batch_size)
+    return Training(built.model, built.train_data, built.callbacks, built.global_batch)

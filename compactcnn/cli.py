@@ -10,6 +10,16 @@ from pathlib import Path
 from compactcnn.errors import UserError
 
 
+def run_command_line(
+    config: str | Path, overrides: list[str], run_dir: str | Path, python: str = sys.executable
+) -> list[str]:
+    """The `compactcnn run` command for one run: the one place sweeps and benchmarks build it."""
+    command = [python, "-m", "compactcnn", "run", str(config)]
+    for override in overrides:
+        command += ["--set", override]
+    return command + ["--out", str(run_dir)]
+
+
 def _run(args: argparse.Namespace) -> int:
     from compactcnn.config import load_config
     from compactcnn.run import run
@@ -50,10 +60,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from compactcnn.predict import predict_files
+    from compactcnn.predict import format_table, predict_files
 
     results = predict_files(args.model, [Path(image) for image in args.images], top=5)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
     return 0
 
 
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top-5 classes of image files")
     predict.add_argument("model", help="model.keras or a .tflite file")
     predict.add_argument("images", nargs="+", help="image files (any size; resized to 32x32)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(func=_predict)
 
     sweep = commands.add_parser("sweep", help="run every point of a study grid (resumable)")

@@ -14,15 +14,11 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-# tfmot exports no public name for its wrapper class; its own strip_clustering uses this one.
-from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import (
-    ClusterWeights,
-)
-
+from compactcnn.compat import ClusterWeights
 from compactcnn.errors import UserError
+from compactcnn.prune import PRUNABLE_LAYER_TYPES
 
 _clustering = tfmot.clustering.keras
-CLUSTERED_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
 # Evenly spaced centroids keep the rare large weights, which matter most (Han et al. 2016); on a
 # 70%-sparse ResNet-20 they kept accuracy as well as k-means++ and gzipped smaller than
 # density-based ones. k-means++ also fails on a kernel with fewer weights of one sign than
@@ -61,7 +57,7 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         copy = layer.__class__.from_config(layer.get_config())
-        if not isinstance(layer, CLUSTERED_LAYER_TYPES):
+        if not isinstance(layer, PRUNABLE_LAYER_TYPES):
             return copy
         # The wrapper computes its centroids from the kernel when it is built, so the copy
         # must hold the trained weights before it is wrapped (clone_model builds it later).
@@ -82,7 +78,7 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
         )
     copies = {layer.name: layer for layer in clustered.layers}
     for layer in model.layers:
-        if layer.weights and not isinstance(layer, CLUSTERED_LAYER_TYPES):
+        if layer.weights and not isinstance(layer, PRUNABLE_LAYER_TYPES):
             copies[layer.name].set_weights(layer.get_weights())
     return clustered
 
@@ -112,7 +108,7 @@ def distinct_values_report(model: keras.Model) -> dict:
     counts = {
         layer.name: int(np.unique(kernel[kernel != 0]).size)
         for layer in model.layers
-        if isinstance(layer, CLUSTERED_LAYER_TYPES)
+        if isinstance(layer, PRUNABLE_LAYER_TYPES)
         for kernel in [layer.kernel.numpy()]
     }
     return {"max_distinct_values": max(counts.values(), default=0), "layers": counts}

@@ -20,7 +20,6 @@ import yaml
 
 from compactcnn.errors import UserError
 
-DATA_NAMES = ("cifar10", "cifar100", "imagefolder", "sample", "synthetic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PRUNE_SCHEDULES = ("none", "constant", "polynomial")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -423,7 +422,9 @@ def validate(config: Config) -> None:
     Raises:
         UserError: On the first invalid value.
     """
-    _check_choice("data.name", config.data.name, DATA_NAMES)
+    from compactcnn.data import list_sources  # here: compactcnn.data imports this module
+
+    _check_choice("data.name", config.data.name, tuple(list_sources()))
     _check_choice("data.label_mode", config.data.label_mode, ("fine", "coarse"))
     _check_choice("train.precision", config.train.precision, PRECISIONS)
     _check_choice("train.lr_schedule", config.train.lr_schedule, LR_SCHEDULES)

@@ -278,10 +278,31 @@ def worker_run_dir(
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         return Path(run_dir), lambda: None
     _, task_type, task_id = _task(strategy)
-    run_key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-    temporary = Path(tempfile.gettempdir()) / f"compactcnn-{task_type}{task_id}-{run_key}"
+    temporary = _worker_folder(run_dir, task_type, task_id)
     temporary.mkdir(parents=True, exist_ok=True)
     return temporary, lambda: shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _worker_folder(run_dir: str | os.PathLike, task_type: str | None, task_id: int | None) -> Path:
+    run_key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"compactcnn-{task_type}{task_id}-{run_key}"
+
+
+def worker_folder(run_dir: str | os.PathLike, cluster_spec: Mapping[str, Any]) -> Path:
+    """The temporary folder a non-chief worker writes (see `worker_run_dir`), from TF_CONFIG."""
+    task = cluster_spec["task"]
+    return _worker_folder(run_dir, task["type"], int(task["index"]))
+
+
+def is_chief_task(cluster_spec: Mapping[str, Any] | None) -> bool:
+    """`is_chief` read from a TF_CONFIG-shaped dict, before any strategy (or TF op) exists."""
+    if not cluster_spec:
+        return True
+    task = cluster_spec["task"]
+    if task["type"] == "chief":
+        return True
+    has_chief = bool(cluster_spec["cluster"].get("chief"))
+    return task["type"] == "worker" and int(task["index"]) == 0 and not has_chief
 
 
 def weights_fingerprint(weights: Sequence[np.ndarray]) -> str:

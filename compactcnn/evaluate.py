@@ -18,6 +18,7 @@ import numpy as np
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from compactcnn import compat
 from compactcnn.errors import UserError
 
 EVAL_BATCH_SIZE = 256
@@ -191,7 +192,7 @@ def count_tflite_zeros(path: str | os.PathLike) -> dict[str, Any]:
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     interpreter.allocate_tensors()
-    operators = interpreter._get_ops_details()
+    operators = compat.tflite_operators(interpreter)
     producers = {int(output): op for op in operators for output in op["outputs"]}
     details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     weights = zeros = 0

@@ -78,3 +78,24 @@ def predict_files(
             }
         )
     return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Formats `predict_files` results as one readable table per image.
+
+    Args:
+        results: What `predict_files` returns.
+
+    Returns:
+        For each image, its path, then one row per class: rank, class name and probability in
+        percent; images are separated by a blank line.
+    """
+    blocks = []
+    for result in results:
+        width = max([len("class"), *(len(entry["class"]) for entry in result["top"])])
+        lines = [result["image"], f"  rank  {'class':<{width}}  probability"]
+        for rank, entry in enumerate(result["top"], start=1):
+            percent = f"{100 * entry['probability']:.2f}%"
+            lines.append(f"  {rank:>4}  {entry['class']:<{width}}  {percent:>11}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -18,15 +18,13 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-# tfmot exports no public name for its wrapper class; its own callbacks use this one.
-from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
-    PruneLowMagnitude,
-)
-
+from compactcnn import files
+from compactcnn.compat import PruneLowMagnitude
 from compactcnn.config import PruneConfig
 from compactcnn.errors import UserError
 
 _sparsity = tfmot.sparsity.keras
+# The layers whose kernels pruning, clustering and QAT compress (cluster.py reuses this tuple).
 PRUNABLE_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
 
 
@@ -295,13 +293,10 @@ def write_schedule_csv(
         rows = [(0, 0.0)] + [(int(s), float(t)) for s, t in zip(steps, targets, strict=True)]
         if rows[-1][0] < last_step:
             rows.append((last_step, rows[-1][1]))
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", newline="") as file:
+    with files.atomic_path(path) as temporary, temporary.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["step", "target_sparsity"])
         writer.writerows((step, f"{target:.6f}") for step, target in rows)
-    os.replace(temporary, path)
 
 
 def resolve_pretrained(from_run: str) -> Path:

@@ -14,10 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
-    QuantizeLayer,
-)
 
+from compactcnn import compat, files
 from compactcnn.config import EXPORT_FORMATS, QuantizeConfig
 from compactcnn.errors import UserError
 
@@ -71,9 +69,7 @@ def export(
                 "quantize.formats or export a float32 model built from TFLite builtin ops"
             ) from None
         path = out_dir / f"{name}.tflite"
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(flatbuffer)
-        os.replace(temporary, path)
+        files.write_bytes(path, flatbuffer)
         paths[name] = path
     return paths
 
@@ -117,10 +113,18 @@ def _converter(
     return converter
 
 
+def calibration_sample(images: np.ndarray, samples: int) -> np.ndarray:
+    """Indices of the `samples` images (at most) that calibrate int8 activation ranges.
+
+    The one place calibration images are drawn: seeded, and spread over the whole set.
+    """
+    count = min(samples, len(images))
+    return np.random.default_rng(_CALIBRATION_SEED).choice(len(images), count, replace=False)
+
+
 def _representative_dataset(images: np.ndarray, samples: int):
     """Returns the generator factory the converter calls to calibrate activation ranges."""
-    count = min(samples, len(images))
-    chosen = np.random.default_rng(_CALIBRATION_SEED).choice(len(images), count, replace=False)
+    chosen = calibration_sample(images, samples)
 
     def generate() -> Iterator[list[np.ndarray]]:
         # The model normalizes itself, so calibration sees the raw pixels it will get later.
@@ -204,13 +208,7 @@ def prepare_qat(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
     # tfmot's input quantizer learns its range from the batches it sees, starting from [0, 0]:
     # the model would be useless before its first step, and a data set without pure black or
     # white pixels would give the int8 file an input scale other than 1. Start at 0-255.
-    for layer in qat_model.layers:
-        if isinstance(layer, QuantizeLayer):
-            for weight in layer.weights:
-                if weight.name.endswith("_min:0"):
-                    weight.assign(PIXEL_RANGE[0])
-                elif weight.name.endswith("_max:0"):
-                    weight.assign(PIXEL_RANGE[1])
+    compat.set_input_quantizer_range(qat_model, *PIXEL_RANGE)
     return qat_model
 
 

@@ -3,8 +3,10 @@
     config -> data -> model -> prune.wrap -> train -> prune.strip -> [cluster] -> [QAT]
            -> export -> evaluate
 
-Everything a run produces lands in its run directory (see docs/DESIGN.md); `metrics.json` is
-written last, so its presence means the run finished and a re-run returns at once.
+`run()` reads as that pipeline; each phase below it is a plain function that can be called alone
+(the benchmarks build their training through `build_training`). Everything a run produces lands
+in its run directory (see docs/DESIGN.md); `metrics.json` is written last, so its presence means
+the run finished and a re-run returns at once.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from compactcnn import cluster, distribute, evaluate, prune, quantize, train
+from compactcnn import cluster, distribute, evaluate, files, ownership, prune, quantize, train
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
-from compactcnn.data import cache_dir, load_data, pipeline
+from compactcnn.data import ImageData, cache_dir, load_data, pipeline
 from compactcnn.errors import UserError
 from compactcnn.models import create_model
 
@@ -43,23 +45,84 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         The metrics written to `run_dir/metrics.json`.
     """
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        print(f"{run_dir} is already finished; delete it to run again")
-        return json.loads(metrics_path.read_text())
+    # Before anything is written: one process and one config per run directory.
+    with ownership.claim(run_dir, config) as claim:
+        if claim.finished:
+            print(f"{run_dir} is already finished; delete it to run again")
+            return claim.metrics
+        training = build_training(config)
+        write_dir, cleanup = distribute.worker_run_dir(run_dir, training.strategy)
+        record_config(config, training, write_dir)
+        metrics = fit(config, training, run_dir, write_dir, verbose)
+        float_model, qat_model = compress(config, training, metrics)
+        if distribute.is_chief(training.strategy):
+            metrics.update(
+                export_and_measure(config, training.data, float_model, qat_model, write_dir)
+            )
+            files.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            shutil.rmtree(run_dir / "backup", ignore_errors=True)
+        else:
+            # The other workers export nothing, but report their model's accuracy like the chief.
+            metrics.update({"keras": measure_keras(float_model, training.data), "tflite": {}})
+        cleanup()
+    return metrics
 
+
+@dataclass
+class Training:
+    """Everything `fit` needs, built by `build_training` inside the strategy's scope.
+
+    Attributes:
+        strategy: The tf.distribute strategy the model was built under.
+        precision_policy: The global Keras precision policy training runs under.
+        data: The loaded images.
+        train_data: An endless stream of augmented (images, one-hot labels) global batches.
+        validation_data: The held-out validation batches, or None.
+        model: The compiled model, pruning wrappers included when pruning.
+        callbacks: Callbacks `fit` needs besides logging and backups (the pruning step).
+        steps_per_epoch: Optimizer steps per epoch.
+        global_batch: Images per step over all replicas.
+        learning_rate: The peak rate, scaled for the global batch.
+    """
+
+    strategy: tf.distribute.Strategy
+    precision_policy: str
+    data: ImageData
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset | None
+    model: keras.Model
+    callbacks: list[keras.callbacks.Callback]
+    steps_per_epoch: int
+    global_batch: int
+    learning_rate: float
+
+
+def build_training(
+    config: Config,
+    strategy: tf.distribute.Strategy | None = None,
+    data: ImageData | None = None,
+) -> Training:
+    """Builds the strategy, data stream, model, pruning wrappers and optimizer of a run.
+
+    Data, model and pruning errors are the commonest user mistakes: they all surface here, before
+    anything is written, so a rejected run leaves nothing behind.
+
+    Args:
+        config: The resolved configuration.
+        strategy: Build under this strategy instead of the configured one (benchmarks).
+        data: Use these images instead of loading `config.data` (benchmarks).
+
+    Returns:
+        The training, with the global precision policy set to `config.train.precision`.
+    """
     # The strategy must exist before any other TensorFlow op runs (collectives, logical devices).
-    strategy = distribute.create_strategy(config.distribute)
+    strategy = strategy or distribute.create_strategy(config.distribute)
     policy = distribute.set_precision(config.train.precision)
-    chief = distribute.is_chief(strategy)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.train.batch_size * replicas
+    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     peak_lr = distribute.scaled_learning_rate(
         config.train.learning_rate, global_batch, REFERENCE_BATCH, config.train.scale_learning_rate
     )
-    # Data, model and pruning errors are the commonest user mistakes: they all surface before the
-    # run directory is created, so a rejected run leaves nothing behind.
-    data = load_data(config.data, seed=config.train.seed)
+    data = data or load_data(config.data, seed=config.train.seed)
     steps_per_epoch = config.train.steps_per_epoch or len(data.x_train) // global_batch
     if steps_per_epoch < 1:
         raise UserError(
@@ -67,32 +130,25 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
             "lower train.batch_size"
         )
     keras.utils.set_random_seed(config.train.seed)
-    train_data = train.one_hot(
-        pipeline.train_dataset(
-            data.x_train,
-            data.y_train,
-            global_batch,
-            augment=config.data.augment,
-            cutout=config.data.cutout if config.data.augment else 0,
-            seed=config.train.seed,
-        ),
-        data.num_classes,
+    augmented = pipeline.train_dataset(
+        data.x_train,
+        data.y_train,
+        global_batch,
+        augment=config.data.augment,
+        cutout=config.data.cutout if config.data.augment else 0,
+        seed=config.train.seed,
     )
     # In-memory data has no files to split, so shard by element: under multi-worker training
     # TensorFlow rebatches each global batch and hands every worker its own slice of it.
-    train_data = train_data.with_options(_shard_by_data())
+    train_data = train.one_hot(augmented, data.num_classes).with_options(_shard_by_data())
     validation_data = None
     if len(data.x_val):
-        validation_data = train.one_hot(
-            pipeline.eval_dataset(data.x_val, data.y_val, global_batch), data.num_classes
-        )
+        validation = pipeline.eval_dataset(data.x_val, data.y_val, global_batch)
+        validation_data = train.one_hot(validation, data.num_classes)
 
-    pruned = config.prune.schedule != "none"
     with strategy.scope():
         model = create_model(
-            config.model.name,
-            data.num_classes,
-            zero_init_residual=config.model.zero_init_residual,
+            config.model.name, data.num_classes, zero_init_residual=config.model.zero_init_residual
         )
         if config.prune.from_run:
             # Fine-tuning: dense weights first, then the pruning wrappers, then a fresh optimizer.
@@ -101,183 +157,172 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
         schedule = train.learning_rate_schedule(config.train, steps_per_epoch, peak_lr)
         train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
+    pruned = config.prune.schedule != "none"
+    return Training(
+        strategy=strategy,
+        precision_policy=policy,
+        data=data,
+        train_data=train_data,
+        validation_data=validation_data,
+        model=model,
+        callbacks=prune.callbacks(None) if pruned else [],
+        steps_per_epoch=steps_per_epoch,
+        global_batch=global_batch,
+        learning_rate=peak_lr,
+    )
 
-    write_dir, cleanup = distribute.worker_run_dir(run_dir, strategy)
+
+def record_config(config: Config, training: Training, write_dir: Path) -> None:
+    """Writes config.yaml with the values derived at run time, and the pruning schedule."""
     save_config(
         config,
         write_dir / "config.yaml",
         resolved={
-            "replicas": replicas,
-            "global_batch_size": global_batch,
-            "learning_rate": peak_lr,
-            "precision_policy": policy,
+            "replicas": training.strategy.num_replicas_in_sync,
+            "global_batch_size": training.global_batch,
+            "learning_rate": training.learning_rate,
+            "precision_policy": training.precision_policy,
         },
     )
-
-    extra_callbacks = prune.callbacks(str(write_dir / "logs" / "pruning")) if pruned else []
-    if pruned and chief:
+    if config.prune.schedule != "none" and distribute.is_chief(training.strategy):
         prune.write_schedule_csv(
-            config.prune, steps_per_epoch, config.train.epochs, write_dir / "pruning_schedule.csv"
+            config.prune,
+            training.steps_per_epoch,
+            config.train.epochs,
+            write_dir / "pruning_schedule.csv",
         )
+
+
+def fit(
+    config: Config, training: Training, run_dir: Path, write_dir: Path, verbose: int = 1
+) -> dict[str, Any]:
+    """Trains (resuming from the last backup) and strips the pruning wrappers.
+
+    Returns:
+        The first metrics of the run: `run` (where and how it trained), `train` (time, loss,
+        throughput) and, when pruned, `pruning` (the sparsity reached per layer).
+    """
+    callbacks = training.callbacks
+    if config.prune.schedule != "none":
+        # The same pruning step callback, now with its TensorBoard summaries in the run.
+        callbacks = prune.callbacks(str(write_dir / "logs" / "pruning"))
     started = time.perf_counter()
     train.fit(
-        model,
-        train_data,
+        training.model,
+        training.train_data,
         epochs=config.train.epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=training.steps_per_epoch,
         run_dir=run_dir,
         write_dir=write_dir,
-        validation_data=validation_data,
-        callbacks=extra_callbacks,
+        validation_data=training.validation_data,
+        callbacks=callbacks,
         save_freq=config.distribute.save_freq,
         tensorboard=config.output.tensorboard,
         verbose=verbose,
     )
     wall_seconds = time.perf_counter() - started
     history = train.dedupe_history(write_dir / "history.csv")
-
-    model = prune.strip(model)
-    # Export in float32 whatever the training precision: rebuild the architecture under the
-    # float32 policy and copy the weights (converting bf16/fp16 layers needs Flex ops).
-    distribute.set_precision("float32")
-    float_model = create_model(config.model.name, data.num_classes)
-    _copy_weights(model, float_model)
-    if distribute.worker_count(strategy) > 1:
-        # Every worker prints it, so anyone can check that the copies trained in lock step.
-        fingerprint = distribute.weights_fingerprint(float_model.get_weights())
-        print(f"trained weights fingerprint: {fingerprint}")
-
+    training.model = prune.strip(training.model)
+    strategy = training.strategy
     metrics: dict[str, Any] = {
         "run": {
             "model": config.model.name,
             "data": config.data.name,
-            "num_classes": data.num_classes,
+            "num_classes": training.data.num_classes,
             "strategy": type(strategy).__name__,
-            "replicas": replicas,
+            "replicas": strategy.num_replicas_in_sync,
             "workers": distribute.worker_count(strategy),
-            "global_batch_size": global_batch,
-            "learning_rate": peak_lr,
-            "precision": policy,
+            "global_batch_size": training.global_batch,
+            "learning_rate": training.learning_rate,
+            "precision": training.precision_policy,
         },
-        "train": _train_metrics(history, steps_per_epoch, global_batch, wall_seconds, policy),
+        "train": _train_metrics(history, training, wall_seconds),
     }
-    if pruned:
+    if config.prune.schedule != "none":
         metrics["pruning"] = {
             "schedule": config.prune.schedule,
             "target_sparsity": config.prune.final_sparsity,
-            **prune.sparsity_report(float_model),
+            **prune.sparsity_report(training.model),
         }
+    return metrics
 
+
+def compress(
+    config: Config, training: Training, metrics: dict[str, Any]
+) -> tuple[keras.Model, keras.Model | None]:
+    """Rebuilds the trained model in float32, then clusters and QAT fine-tunes it as configured.
+
+    Adds `clustering` to `metrics` when weights are clustered.
+
+    Returns:
+        The float32 model every format but QAT int8 is exported from, and the QAT model or None.
+    """
+    # Export in float32 whatever the training precision: rebuild the architecture under the
+    # float32 policy and copy the weights (converting bf16/fp16 layers needs Flex ops).
+    distribute.set_precision("float32")
+    float_model = create_model(config.model.name, training.data.num_classes)
+    _copy_weights(training.model, float_model)
+    if distribute.worker_count(training.strategy) > 1:
+        # Every worker prints it, so anyone can check that the copies trained in lock step.
+        fingerprint = distribute.weights_fingerprint(float_model.get_weights())
+        print(f"trained weights fingerprint: {fingerprint}")
     if config.quantize.weight_clusters:
-        float_model = _cluster_finetune(float_model, config, strategy, train_data, steps_per_epoch)
+        float_model = _cluster_finetune(float_model, config, training)
         metrics["clustering"] = {
             "clusters": config.quantize.weight_clusters,
             **cluster.distinct_values_report(float_model),
         }
-
     qat_model = None
     if config.quantize.qat:
-        qat_model = _quantization_aware_finetune(
-            float_model, config, strategy, train_data, steps_per_epoch, pruned
-        )
-
-    if chief:
-        metrics.update(_export_and_evaluate(float_model, qat_model, config, data, write_dir))
-        _atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
-        shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    else:
-        # The other workers export nothing, but report their model's accuracy like the chief.
-        keras_metrics = evaluate.evaluate_keras(float_model, data.x_test, data.y_test)
-        keras_metrics.pop("predictions")
-        metrics.update({"keras": keras_metrics, "tflite": {}})
-    cleanup()
-    return metrics
+        qat_model = _quantization_aware_finetune(float_model, config, training)
+    return float_model, qat_model
 
 
-def _shard_by_data() -> tf.data.Options:
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return options
+def export_and_measure(
+    config: Config,
+    data: ImageData,
+    float_model: keras.Model,
+    qat_model: keras.Model | None,
+    write_dir: Path,
+) -> dict[str, Any]:
+    """Saves model.keras, exports every format, and measures each file on the test set.
 
-
-def _copy_weights(source, target) -> None:
-    """Copies weights between two builds of one architecture (stripped, other policy)."""
-    target.set_weights(source.get_weights())
-
-
-def _train_metrics(history, steps_per_epoch, global_batch, wall_seconds, policy) -> dict[str, Any]:
-    seconds = sum(float(row.get("epoch_seconds") or 0.0) for row in history) or wall_seconds
-    images = len(history) * steps_per_epoch * global_batch
-    last = history[-1] if history else {}
-    return {
-        "epochs": len(history),
-        "steps": len(history) * steps_per_epoch,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(images / seconds, 1) if seconds else None,
-        "final_loss": float(last["loss"]) if "loss" in last else None,
-        "final_accuracy": float(last["accuracy"]) if "accuracy" in last else None,
-        "precision": policy,
-    }
-
-
-def _cluster_finetune(float_model, config, strategy, train_data, steps):
-    """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
-    with strategy.scope():
-        clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
-        optimizer = train.build_optimizer(config.train, config.quantize.cluster_learning_rate)
-        train.compile_model(clustered, config.train, optimizer)
-    clustered.fit(
-        train_data, epochs=config.quantize.cluster_epochs, steps_per_epoch=steps, verbose=2
-    )
-    float_model.set_weights(cluster.strip(clustered).get_weights())
-    return float_model
-
-
-def _quantization_aware_finetune(float_model, config, strategy, train_data, steps, pruned):
-    """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse."""
-    with strategy.scope():
-        qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
-        optimizer = train.build_optimizer(config.train, config.quantize.qat_learning_rate)
-        train.compile_model(qat_model, config.train, optimizer)
-    qat_model.fit(train_data, epochs=config.quantize.qat_epochs, steps_per_epoch=steps, verbose=2)
-    return qat_model
-
-
-def _export_and_evaluate(float_model, qat_model, config, data, write_dir) -> dict[str, Any]:
-    """Saves model.keras, exports every format, and measures each file on the test set."""
+    Returns:
+        `keras` (the float model's test metrics), `tflite` (per format) and `baseline` (the
+        dense float32 sizes the compression ratios divide).
+    """
     keras_metrics = evaluate.evaluate_keras(float_model, data.x_test, data.y_test)
     reference = keras_metrics.pop("predictions")
     keras_metrics["params"] = int(float_model.count_params())
-    _atomic_write_text(write_dir / "classes.json", json.dumps(data.class_names))
-    temporary = write_dir / "model.tmp.keras"
-    float_model.save(temporary)
-    os.replace(temporary, write_dir / "model.keras")
+    files.write_text(write_dir / "classes.json", json.dumps(data.class_names))
+    with files.atomic_path(write_dir / "model.keras") as temporary:
+        float_model.save(temporary)
 
     tflite_dir = write_dir / "tflite"
-    calibration = _calibration_images(data.x_train, config.quantize.calibration_samples)
+    calibration = data.x_train  # export draws its calibration sample from these
     formats = list(config.quantize.formats)
     if qat_model is not None:
         # The QAT model replaces post-training int8: same name, so reports compare like for like.
         formats = [name for name in formats if name != "int8"]
-    files = quantize.export(float_model, config.quantize, calibration, tflite_dir, formats=formats)
+    exported = quantize.export(float_model, config.quantize, calibration, tflite_dir, formats)
     if qat_model is not None:
-        files.update(
+        exported.update(
             quantize.export(qat_model, config.quantize, calibration, tflite_dir, formats=["int8"])
         )
 
     baseline = _dense_float32_sizes(config.model.name, data.num_classes)
     results = {}
-    for name in quantize_order(files):
+    for name in quantize_order(exported):
         print(f"evaluating {name}.tflite on {len(data.x_test)} test images")
         result = evaluate.evaluate_tflite(
-            files[name],
+            exported[name],
             data.x_test,
             data.y_test,
             threads=config.output.threads,
             latency_runs=config.output.latency_runs,
             reference_predictions=reference,
         )
-        result["path"] = str(Path(files[name]).relative_to(write_dir))
+        result["path"] = str(Path(exported[name]).relative_to(write_dir))
         result["compression_bytes"] = round(baseline["bytes"] / result["bytes"], 3)
         result["compression_gzip"] = round(baseline["gzip_bytes"] / result["gzip_bytes"], 3)
         if name == "int8" and qat_model is not None:
@@ -293,15 +338,74 @@ def _export_and_evaluate(float_model, qat_model, config, data, write_dir) -> dic
     }
 
 
-def quantize_order(files: dict[str, Any]) -> list[str]:
+def measure_keras(model: keras.Model, data: ImageData) -> dict[str, Any]:
+    """The Keras model's test metrics, without the per-image predictions."""
+    result = evaluate.evaluate_keras(model, data.x_test, data.y_test)
+    result.pop("predictions")
+    return result
+
+
+def quantize_order(files_by_format: dict[str, Any]) -> list[str]:
     """Formats in the canonical order float32, float16, dynamic_int8, int8."""
-    return [name for name in EXPORT_FORMATS if name in files]
+    return [name for name in EXPORT_FORMATS if name in files_by_format]
 
 
-def _calibration_images(images: np.ndarray, count: int) -> np.ndarray:
-    # A seeded spread over the whole training set, not its first classes.
-    indices = np.random.default_rng(0).permutation(len(images))[:count]
-    return images[np.sort(indices)]
+def _shard_by_data() -> tf.data.Options:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
+
+
+def _copy_weights(source, target) -> None:
+    """Copies weights between two builds of one architecture (stripped, other policy)."""
+    target.set_weights(source.get_weights())
+
+
+def _train_metrics(history, training: Training, wall_seconds: float) -> dict[str, Any]:
+    seconds = sum(float(row.get("epoch_seconds") or 0.0) for row in history) or wall_seconds
+    images = len(history) * training.steps_per_epoch * training.global_batch
+    last = history[-1] if history else {}
+    return {
+        "epochs": len(history),
+        "steps": len(history) * training.steps_per_epoch,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 1) if seconds else None,
+        "final_loss": float(last["loss"]) if "loss" in last else None,
+        "final_accuracy": float(last["accuracy"]) if "accuracy" in last else None,
+        "precision": training.precision_policy,
+    }
+
+
+def _cluster_finetune(float_model, config: Config, training: Training):
+    """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
+    with training.strategy.scope():
+        clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
+        optimizer = train.build_optimizer(config.train, config.quantize.cluster_learning_rate)
+        train.compile_model(clustered, config.train, optimizer)
+    clustered.fit(
+        training.train_data,
+        epochs=config.quantize.cluster_epochs,
+        steps_per_epoch=training.steps_per_epoch,
+        verbose=2,
+    )
+    float_model.set_weights(cluster.strip(clustered).get_weights())
+    return float_model
+
+
+def _quantization_aware_finetune(float_model, config: Config, training: Training):
+    """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse."""
+    with training.strategy.scope():
+        pruned = config.prune.schedule != "none"
+        qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
+        optimizer = train.build_optimizer(config.train, config.quantize.qat_learning_rate)
+        train.compile_model(qat_model, config.train, optimizer)
+    qat_model.fit(
+        training.train_data,
+        epochs=config.quantize.qat_epochs,
+        steps_per_epoch=training.steps_per_epoch,
+        verbose=2,
+    )
+    return qat_model
 
 
 def _dense_float32_sizes(model_name: str, num_classes: int) -> dict[str, int]:
@@ -315,15 +419,8 @@ def _dense_float32_sizes(model_name: str, num_classes: int) -> dict[str, int]:
         return json.loads(cache.read_text())
     dense = create_model(model_name, num_classes)
     with tempfile.TemporaryDirectory() as folder:
-        files = quantize.export(dense, QuantizeConfig(), None, Path(folder), formats=["float32"])
-        sizes = evaluate.file_sizes(files["float32"])
+        exported = quantize.export(dense, QuantizeConfig(), None, Path(folder), formats=["float32"])
+        sizes = evaluate.file_sizes(exported["float32"])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(cache, json.dumps(sizes))
+    files.write_text(cache, json.dumps(sizes))
     return sizes
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # A per-process temporary name: parallel sweep runs may write the same cache file.
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -27,7 +27,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from compactcnn import files, ownership
 from compactcnn.config import load_config, read_yaml
 from compactcnn.errors import UserError
 
@@ -57,6 +57,9 @@ KEY_LABELS = {
     "validation_size": "val",
 }
 
+# `_execute`'s answer for a run another process holds.
+TAKEN = "taken"
+OTHER_PROCESS_POLL_SECONDS = 2.0
 CommandBuilder = Callable[[Path, list[str], Path], list[str]]
 
 
@@ -134,10 +137,9 @@ class Study:
 
 def build_command(base: Path, overrides: list[str], run_dir: Path) -> list[str]:
     """Returns the command that executes one run in a fresh Python process."""
-    command = [sys.executable, "-m", "compactcnn", "run", str(base)]
-    for override in overrides:
-        command += ["--set", override]
-    return command + ["--out", str(run_dir)]
+    from compactcnn.cli import run_command_line
+
+    return run_command_line(base, overrides, run_dir)
 
 
 def format_value(value: Any) -> str:
@@ -288,7 +290,7 @@ def run_sweep(
     sweep_dir = Path(out_dir) if out_dir is not None else DEFAULT_SWEEPS_DIR / study.path.stem
     (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
-    _write_text(
+    files.write_text(
         sweep_dir / "study.yaml",
         yaml.dump(_resolved_study(study), Dumper=_PlainDumper, sort_keys=False),
     )
@@ -300,6 +302,36 @@ def run_sweep(
     if finished:
         print(f"sweep: {finished} of {len(study.points)} runs already finished, skipping them")
 
+    # Another sweep process may share this folder (the same machine, or another one on a shared
+    # filesystem): a run it holds is skipped, waited for at the end, and taken over if that
+    # process died before finishing it.
+    taken = _run_points(pending, study.base, sweep_dir, jobs, command_builder)
+    while taken:
+        print(f"sweep: waiting for {len(taken)} run(s) that another process is running", flush=True)
+        while any(ownership.holder(sweep_dir / "runs" / point.name) for point in taken):
+            time.sleep(OTHER_PROCESS_POLL_SECONDS)
+        taken = [p for p in taken if not (sweep_dir / "runs" / p.name / "metrics.json").exists()]
+        taken = _run_points(taken, study.base, sweep_dir, jobs, command_builder)
+
+    rows = collect_results(sweep_dir, study.points)
+    write_results(sweep_dir, rows)
+    failed = sum(row["status"] == "failed" for row in rows)
+    print(f"sweep: {len(rows) - failed} finished, {failed} failed; results in {sweep_dir}")
+    return sweep_dir
+
+
+def _run_points(
+    points: list[Point],
+    base: Path,
+    sweep_dir: Path,
+    jobs: int,
+    command_builder: CommandBuilder,
+) -> list[Point]:
+    """Runs `points`, `jobs` at a time, stopping them all on Ctrl-C or SIGTERM.
+
+    Returns:
+        The points skipped because another process holds their run directory.
+    """
     runs = _Runs()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = (
@@ -308,12 +340,11 @@ def run_sweep(
     try:
         with ThreadPoolExecutor(max_workers=jobs) as executor:
             futures = [
-                executor.submit(_execute, point, study.base, sweep_dir, command_builder, runs)
-                for point in pending
+                executor.submit(_execute, point, base, sweep_dir, command_builder, runs)
+                for point in points
             ]
             try:
-                for future in futures:
-                    future.result()
+                outcomes = [future.result() for future in futures]
             except BaseException:
                 # Launch nothing new and stop the running runs; the pool then waits for them.
                 for future in futures:
@@ -323,12 +354,7 @@ def run_sweep(
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
-
-    rows = collect_results(sweep_dir, study.points)
-    write_results(sweep_dir, rows)
-    failed = sum(row["status"] == "failed" for row in rows)
-    print(f"sweep: {len(rows) - failed} finished, {failed} failed; results in {sweep_dir}")
-    return sweep_dir
+    return [point for point, outcome in zip(points, outcomes, strict=True) if outcome == TAKEN]
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -352,9 +378,16 @@ def _resolved_study(study: Study) -> dict[str, Any]:
 
 def _execute(
     point: Point, base: Path, sweep_dir: Path, command_builder: CommandBuilder, runs: _Runs
-) -> None:
-    """Runs one point; on failure writes the last stderr lines to `<run>/error.txt`."""
+) -> str | None:
+    """Runs one point; on failure writes the last stderr lines to `<run>/error.txt`.
+
+    Returns:
+        `TAKEN` when another process holds the run directory (nothing was written), else None.
+    """
     run_dir = sweep_dir / "runs" / point.name
+    if ownership.holder(run_dir):
+        print(f"sweep: skip  {point.name} (another process is running it)", flush=True)
+        return TAKEN
     error_path = run_dir / "error.txt"
     error_path.unlink(missing_ok=True)  # A stale error from an earlier attempt would mislead.
     stdout_path = sweep_dir / "logs" / f"{point.name}.out"
@@ -364,27 +397,32 @@ def _execute(
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = runs.start(command_builder(base, point.overrides, run_dir), stdout, stderr)
         if process is None:
-            return
+            return None
         print(f"sweep: start {point.name}", flush=True)
         try:
             returncode = process.wait()
         finally:
             runs.finish(process)
     if runs.stopping:
-        return  # Interrupted, not failed: the next launch resumes it.
+        return None  # Interrupted, not failed: the next launch resumes it.
     seconds = time.monotonic() - started
     if returncode == 0 and (run_dir / "metrics.json").exists():
         print(f"sweep: done  {point.name} ({seconds:.0f} s)", flush=True)
-        return
+        return None
+    if returncode != 0 and ownership.holder(run_dir):
+        # Another process took the folder between our check and the run's own lock.
+        print(f"sweep: skip  {point.name} (another process is running it)", flush=True)
+        return TAKEN
     lines = stderr_path.read_text(errors="replace").splitlines()[-ERROR_LINES:]
     if returncode == 0:
         lines.append("the run exited with status 0 but wrote no metrics.json")
     else:
         lines.append(f"exit status {returncode}; full log: {stderr_path}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(error_path, "\n".join(lines) + "\n")
+    files.write_text(error_path, "\n".join(lines) + "\n")
     reason = lines[-2] if len(lines) > 1 else lines[-1]
     print(f"sweep: FAILED {point.name} ({seconds:.0f} s): {reason}", flush=True)
+    return None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -437,23 +475,18 @@ def collect_results(sweep_dir: str | os.PathLike, points: Sequence[Point]) -> li
 def write_results(sweep_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Writes `results.json` (a list of rows) and `results.csv` (their union of columns)."""
     sweep_dir = Path(sweep_dir)
-    _write_text(sweep_dir / "results.json", json.dumps(rows, indent=2) + "\n")
+    files.write_text(sweep_dir / "results.json", json.dumps(rows, indent=2) + "\n")
     columns = list(dict.fromkeys(key for row in rows for key in row if key != "error"))
     columns.append("error")
-    temporary = sweep_dir / "results.csv.tmp"
-    with temporary.open("w", newline="") as handle:
+    with (
+        files.atomic_path(sweep_dir / "results.csv") as temporary,
+        temporary.open("w", newline="") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({key: _csv_value(value) for key, value in row.items()})
-    os.replace(temporary, sweep_dir / "results.csv")
 
 
 def _csv_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -7,8 +7,8 @@ which reads `optimizer.iterations`) and the pruning step, then starts at the int
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras as keras
 
+from compactcnn import compat, files
 from compactcnn.config import TrainConfig
 
 # BN scales/offsets and biases are not decayed: decaying them only hurts (Goyal et al. 2017).
@@ -198,30 +199,6 @@ class _EpochStats(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-class _BackupAfterLogging(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose step-count backups never fall on the gap before an epoch's row.
-
-    With `save_freq` in steps, Keras backs up the last step of an epoch at that step's end,
-    before validation and before CSVLogger writes the epoch's row: a kill in between resumes at
-    the next epoch and the row is lost. That backup is moved to the epoch end instead, after the
-    callbacks placed before this one (CSVLogger) have run.
-    """
-
-    def _backup(self, epoch, batch=0):
-        steps = self.params.get("steps")
-        if self.save_freq != "epoch" and steps and batch == steps - 1:
-            self._epoch_end_backup = (epoch, batch)
-            return
-        super()._backup(epoch, batch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        pending = getattr(self, "_epoch_end_backup", None)
-        if pending is not None:
-            self._epoch_end_backup = None
-            super()._backup(*pending)
-        super().on_epoch_end(epoch, logs)
-
-
 def fit(
     model: keras.Model,
     train_data: tf.data.Dataset,
@@ -254,13 +231,14 @@ def fit(
     """
     write_dir.mkdir(parents=True, exist_ok=True)
     history_path = write_dir / "history.csv"
+    dedupe_history(history_path)
     # History is logged before the backup is taken: a kill between the two repeats an epoch's
     # row (dedupe_history drops it) instead of losing it.
     all_callbacks = [
         *callbacks,
         _EpochStats(),
         keras.callbacks.CSVLogger(str(history_path), append=True),
-        _BackupAfterLogging(
+        compat.BackupAfterLogging(
             str(run_dir / "backup"), save_freq=save_freq or "epoch", delete_checkpoint=True
         ),
     ]
@@ -278,22 +256,36 @@ def fit(
 
 
 def dedupe_history(path: Path) -> list[dict[str, str]]:
-    """Keeps the last row of each epoch in history.csv.
+    """Repairs history.csv in place: one row per epoch, the last one logged, in epoch order.
 
-    A run killed after logging an epoch but before backing it up repeats that epoch on restart.
-    Returns the rows.
+    A run killed after logging an epoch but before backing it up repeats that epoch on restart;
+    a run killed in the middle of a write leaves a torn last line; two processes appending (a
+    mistake the run lock now prevents) interleave repeated headers. Rows that do not parse are
+    dropped, which only loses what the backup does not cover either. Called before training (so
+    CSVLogger appends after a clean line) and after it.
+
+    Returns:
+        The rows kept.
     """
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    by_epoch = {row["epoch"]: row for row in rows}
-    unique = sorted(by_epoch.values(), key=lambda row: int(row["epoch"]))
-    if len(unique) != len(rows):
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # CSVLogger ends every row it finished with one
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines or not lines[0] or lines[0][0] != "epoch":
+        # No header: nothing trustworthy to keep. CSVLogger writes a new one.
+        files.write_text(path, "")
+        return []
+    header, by_epoch = lines[0], {}
+    for line in lines[1:]:
+        if len(line) != len(header) or not line[0].isdigit():
+            continue  # a repeated header or a torn line
+        by_epoch[int(line[0])] = dict(zip(header, line, strict=True))
+    unique = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    if len(unique) != len(lines) - 1 or text != path.read_text():
+        with files.atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
             writer.writerows(unique)
-        os.replace(temporary, path)
     return unique

@@ -119,3 +119,12 @@ def test_interleave_alternates_order_and_table_formats():
     text = common.table([{"name": "x", "value": 1234.5}, {"name": "long name", "value": None}])
     lines = text.splitlines()
     assert lines[0].split() == ["name", "value"] and "1234" in lines[2] and lines[3].endswith("-")
+
+
+def test_quick_runs_write_apart_from_the_committed_full_results(tmp_path):
+    arguments = common.parser("unit")
+    assert arguments.parse_args([]).results_dir == common.RESULTS_DIR
+    quick = arguments.parse_args(["--quick"]).results_dir
+    assert quick == common.RESULTS_DIR / "quick" == common.QUICK_RESULTS_DIR
+    chosen = arguments.parse_args(["--quick", "--results-dir", str(tmp_path)]).results_dir
+    assert chosen == tmp_path

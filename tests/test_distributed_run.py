@@ -21,9 +21,9 @@ import tensorflow as tf
 import tf_keras as keras
 import yaml
 
-from bench.multiworker_scaling import free_ports
 from compactcnn import train
 from compactcnn.config import TrainConfig
+from tests.helpers import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

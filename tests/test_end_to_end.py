@@ -168,7 +168,8 @@ def test_evaluate_predict_and_rerun_commands(quickstart_run):
     images, labels, classes = sample_test_set()
     picture = folder / "picture.png"
     Image.fromarray(images[0]).resize((64, 64)).save(picture)
-    result = compactcnn("predict", str(run_dir / "model.keras"), str(picture), env=folder / "cache")
+    model = str(run_dir / "model.keras")
+    result = compactcnn("predict", model, str(picture), "--json", env=folder / "cache")
     assert result.returncode == 0, result.stderr[-2000:]
     (prediction,) = json.loads(result.stdout)
     assert len(prediction["top"]) == 5

@@ -300,7 +300,7 @@ def test_budgeted_report_states_the_budget_and_how_many_runs_fit(sweep_dir):
 def test_a_single_pair_is_called_a_single_observation(sweep_dir):
     rows = [row for row in report.load_results(sweep_dir) if row["name"] != "r44-polynomial"]
     blocks = report._comparison_blocks(rows, "tflite.int8.accuracy")
-    sentences = [block[1] for block in blocks if block[0] == "p"]
+    sentences = [block.text for block in blocks if isinstance(block, report.Paragraph)]
 
     assert (
         "One pair only, a single observation: schedule polynomial instead of constant "

@@ -1,8 +1,9 @@
 """Image sources behind one call: `load_data(config) -> ImageData`.
 
 Every source returns raw RGB uint8 images (N, 32, 32, 3) and int32 labels. This module then applies
-what is common to all of them: the seeded validation hold-out and the train/test limits. Sources are
-imported on demand, so `import compactcnn.data` stays light and does not load TensorFlow.
+what is common to all of them: the seeded validation hold-out and the train/test limits. Sources
+register by name with `@register_source` (see `list_sources()`); the built-in ones import their
+modules on demand, so `import compactcnn.data` stays light and does not load TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,9 +16,23 @@ from pathlib import Path
 import numpy as np
 
 from compactcnn.config import DataConfig
+from compactcnn.data import sources  # noqa: F401  (registers the built-in sources)
+from compactcnn.data.registry import get_source, list_sources, register_source
 from compactcnn.errors import UserError
 
 IMAGE_SHAPE = (32, 32, 3)
+
+__all__ = [
+    "IMAGE_SHAPE",
+    "ImageData",
+    "cache_dir",
+    "empty_images",
+    "get_source",
+    "list_sources",
+    "load_data",
+    "register_source",
+    "stratified_split",
+]
 
 
 @dataclass
@@ -72,8 +87,8 @@ def load_data(config: DataConfig, seed: int = 0) -> ImageData:
         The images, labels and class names.
 
     Raises:
-        UserError: When the source is missing or corrupt, or `validation_size` leaves no
-            training images.
+        UserError: When `config.name` is not a registered source, the source is missing or
+            corrupt, or `validation_size` leaves no training images.
     """
     data = _load_source(config, seed)
     generator = np.random.default_rng(seed)
@@ -132,28 +147,5 @@ def stratified_split(
 
 
 def _load_source(config: DataConfig, seed: int) -> ImageData:
-    """Dispatches on `config.name`; each source returns train and test with no validation set."""
-    if config.name in ("cifar10", "cifar100"):
-        from compactcnn.data import cifar
-
-        return cifar.load(config.name, config.path, config.label_mode)
-    if config.name == "imagefolder":
-        from compactcnn.data import imagefolder
-
-        if not config.path:
-            raise UserError(
-                "data.name 'imagefolder' needs data.path: a folder or .tar.gz with train/"
-            )
-        return imagefolder.load(config.path)
-    if config.name == "sample":
-        from compactcnn.data import sample
-
-        return sample.load()
-    if config.name == "synthetic":
-        from compactcnn.data import synthetic
-
-        return synthetic.load(config.synthetic_size, config.synthetic_classes, seed)
-    raise UserError(
-        f"data.name '{config.name}' is unknown; use cifar10, cifar100, imagefolder, sample "
-        "or synthetic"
-    )
+    """Calls the source registered as `config.name`: train and test with no validation set."""
+    return get_source(config.name)(config, seed)

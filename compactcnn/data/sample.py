@@ -2,7 +2,8 @@
 
 The sample is a real subset of the CIFAR-10 JPEG archive, kept as the original JPEG bytes in a small
 .tar.gz with the imagefolder layout, so it is read by the same code as any user's archive.
-Rebuild it (deterministically, byte for byte) with `python -m compactcnn.data.sample`.
+Rebuild it (deterministically, byte for byte) from a CIFAR-10 JPEG archive with
+`python -m compactcnn.data.sample --source <cifar10-jpeg.tar.gz>`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 from compactcnn.data import ImageData, imagefolder
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.tar.gz"
-DEFAULT_SOURCE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 PER_CLASS = {"train": 50, "test": 20}
 
 
@@ -30,7 +30,7 @@ def load() -> ImageData:
 
 
 def build_sample(
-    source: str | os.PathLike = DEFAULT_SOURCE,
+    source: str | os.PathLike,
     destination: str | os.PathLike = SAMPLE_PATH,
     per_class: dict[str, int] | None = None,
 ) -> Path:
@@ -80,7 +80,9 @@ def build_sample(
 def main(argv: list[str] | None = None) -> None:
     """Command line: rebuild the bundled sample from the CIFAR-10 JPEG archive."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=str(DEFAULT_SOURCE), help="CIFAR-10 JPEG .tar.gz")
+    parser.add_argument(
+        "--source", required=True, help="CIFAR-10 JPEG .tar.gz with train/ and test/"
+    )
     parser.add_argument("--out", default=str(SAMPLE_PATH), help="where to write the sample")
     arguments = parser.parse_args(argv)
     path = build_sample(arguments.source, arguments.out)

@@ -11,8 +11,21 @@ _MODELS: dict[str, ModelBuilder] = {}
 
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
-    """Registers `builder` under its function name. Use as `@register_model`."""
-    _MODELS[builder.__name__] = builder
+    """Registers `builder` under its function name. Use as `@register_model`.
+
+    Args:
+        builder: The function to register; its `__name__` is the value of `model.name`.
+
+    Returns:
+        `builder`, unchanged.
+
+    Raises:
+        ValueError: When a model of that name is already registered.
+    """
+    name = builder.__name__
+    if name in _MODELS:
+        raise ValueError(f"model '{name}' is already registered; pick another name")
+    _MODELS[name] = builder
     return builder
 
 

@@ -1,0 +1,122 @@
+"""Every private or version-pinned API compactcnn relies on, in one place.
+
+tfmot, tf_keras and LiteRT expose no public name for a few things we need (a wrapper class to
+recognise wrapped layers, a hook to move a backup, the operators of a loaded TFLite file). Each use
+lives here, checked against the versions below at import and covered by tests/test_compat.py, so
+an upgrade breaks in one module with a clear message instead of deep inside a run. The model is
+tfmot's own `python/core/keras/compat.py`.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import tf_keras as keras
+
+# (distribution, the version prefix every item below was checked against).
+CHECKED_VERSIONS = (
+    ("tensorflow-model-optimization", "0.8.1"),
+    ("tf_keras", "2.21."),
+    ("ai-edge-litert", "2.3.0"),
+)
+
+
+def check_versions(checked: tuple[tuple[str, str], ...] = CHECKED_VERSIONS) -> None:
+    """Raises ImportError when an installed version differs from the one checked here.
+
+    Raises:
+        ImportError: Naming the package, both versions and how to install the checked one.
+    """
+    for package, prefix in checked:
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise ImportError(f"{package} is not installed; run: pip install -e .") from None
+        if not installed.startswith(prefix):
+            raise ImportError(
+                f"compactcnn was checked against {package} {prefix}*, found {installed}; "
+                "install the pinned versions with: pip install -e ."
+            )
+
+
+check_versions()
+
+# The imports below are private modules: tfmot exports no public name for its wrapper classes,
+# though its own callbacks and strip functions test layers against exactly these.
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import (  # noqa: E402
+    ClusterWeights,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
+    QuantizeLayer,
+)
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (  # noqa: E402
+    PruneLowMagnitude,
+)
+
+__all__ = [
+    "BackupAfterLogging",
+    "ClusterWeights",
+    "PruneLowMagnitude",
+    "QuantizeLayer",
+    "set_input_quantizer_range",
+    "tflite_operators",
+]
+
+# Names of a `QuantizeLayer`'s range variables: `<layer>/<layer>_min:0` and `..._max:0`.
+_QUANTIZER_MIN_SUFFIX = "_min:0"
+_QUANTIZER_MAX_SUFFIX = "_max:0"
+
+
+def set_input_quantizer_range(model: keras.Model, low: float, high: float) -> int:
+    """Sets the range of every `QuantizeLayer` (tfmot's input quantizer) of a QAT model.
+
+    Returns:
+        How many range variables were set (2 per input quantizer).
+    """
+    assigned = 0
+    for layer in model.layers:
+        if not isinstance(layer, QuantizeLayer):
+            continue
+        for weight in layer.weights:
+            if weight.name.endswith(_QUANTIZER_MIN_SUFFIX):
+                weight.assign(low)
+                assigned += 1
+            elif weight.name.endswith(_QUANTIZER_MAX_SUFFIX):
+                weight.assign(high)
+                assigned += 1
+    return assigned
+
+
+def tflite_operators(interpreter: Any) -> list[dict[str, Any]]:
+    """The operators of a LiteRT interpreter: `op_name`, `inputs`, `outputs` per operator.
+
+    LiteRT has no public way to list a model's operators and their tensors; its own
+    analyzer uses `_get_ops_details`.
+    """
+    return interpreter._get_ops_details()
+
+
+class BackupAfterLogging(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose step-count backups never fall on the gap before an epoch's row.
+
+    With `save_freq` in steps, Keras backs up the last step of an epoch at that step's end,
+    before validation and before CSVLogger writes the epoch's row: a kill in between resumes at
+    the next epoch and the row is lost. That backup is moved to the epoch end instead, after the
+    callbacks placed before this one (CSVLogger) have run. It overrides the private `_backup`,
+    the one method through which tf_keras takes every backup.
+    """
+
+    def _backup(self, epoch, batch=0):
+        steps = self.params.get("steps")
+        if self.save_freq != "epoch" and steps and batch == steps - 1:
+            self._epoch_end_backup = (epoch, batch)
+            return
+        super()._backup(epoch, batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        pending = getattr(self, "_epoch_end_backup", None)
+        if pending is not None:
+            self._epoch_end_backup = None
+            super()._backup(*pending)
+        super().on_epoch_end(epoch, logs)
