@@ -27,6 +27,7 @@ from typing import Any
 
 import tf_keras as keras
 
+from compactcnn import files
 from compactcnn.cli import run_command_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,9 +185,7 @@ class Recorder:
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         path = results_dir / f"{self.name}.json"
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
-        os.replace(temporary, path)
+        files.write_text(path, json.dumps(payload, indent=2, default=_plain) + "\n")
         print(f"wrote {path}")
         return path
 

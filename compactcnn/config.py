@@ -405,10 +405,9 @@ def save_config(
     values = to_dict(config)
     if resolved:
         values[RESOLVED_KEY] = resolved
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(yaml.safe_dump(values, sort_keys=False))
-    os.replace(temporary, path)
+    from compactcnn import files  # imported here: files is a leaf, config is imported first
+
+    files.write_text(path, yaml.safe_dump(values, sort_keys=False))
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

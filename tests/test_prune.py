@@ -128,7 +128,7 @@ def test_schedule_csv_lists_each_mask_update(tmp_path):
     for step, target in rows[1:5]:
         assert target == pytest.approx(zhu_gupta(step, 0.0, 0.6, 0, 4, 2, 3.0), abs=1e-6)
     assert rows[0][1] == 0.0 and rows[-1][1] == pytest.approx(0.6)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 # A real pruning fit, shared by the tests below ------------------------------------------------

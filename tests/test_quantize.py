@@ -92,7 +92,7 @@ def test_export_writes_format_named_files_and_no_temporaries(exported):
         "int8.tflite",
     ]
     assert files["float32"] == folder / "float32.tflite"
-    assert not list(folder.rglob("*.tmp"))
+    assert not list(folder.rglob("*.tmp*"))
 
 
 def test_int8_input_takes_raw_pixels_even_if_calibration_misses_black_and_white(

@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compactcnn import files
 from compactcnn.data import ImageData, cache_dir, empty_images
 from compactcnn.errors import UserError
 
@@ -128,25 +128,25 @@ def download(url: str, md5: str, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {url} to {destination}", file=sys.stderr)
     digest = hashlib.md5()
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".")
-    try:
-        with os.fdopen(handle, "wb") as output, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                output.write(chunk)
-    except (urllib.error.URLError, OSError) as error:
-        os.unlink(temporary)
-        raise UserError(
-            f"could not download {url} ({error}); check the network or set data.path to a local "
-            "copy of the archive"
-        ) from None
-    if digest.hexdigest() != md5:
-        os.unlink(temporary)
-        raise UserError(
-            f"download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5}); the partial "
-            "file was deleted, run again to retry"
-        )
-    os.replace(temporary, destination)
+    with files.atomic_path(destination) as temporary:
+        try:
+            with (
+                temporary.open("wb") as output,
+                urllib.request.urlopen(url, timeout=60) as response,
+            ):
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    output.write(chunk)
+        except (urllib.error.URLError, OSError) as error:
+            raise UserError(
+                f"could not download {url} ({error}); check the network or set data.path to a "
+                "local copy of the archive"
+            ) from None
+        if digest.hexdigest() != md5:
+            raise UserError(
+                f"download of {url} is corrupt (md5 {digest.hexdigest()}, expected {md5}); the "
+                "partial file was deleted, run again to retry"
+            )
     return destination
 
 
@@ -169,7 +169,9 @@ def extract(archive: Path, target: Path) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + "."))
+    temporary = files.temporary_path(target)
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed attempt of this pid
+    temporary.mkdir()
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(temporary, filter="data")

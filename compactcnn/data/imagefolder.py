@@ -15,7 +15,6 @@ import os
 import posixpath
 import sys
 import tarfile
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from compactcnn import files
 from compactcnn.data import IMAGE_SHAPE, ImageData, cache_dir, empty_images
 from compactcnn.errors import UserError
 
@@ -252,11 +252,9 @@ def _read_cache(cache: Path) -> ImageData | None:
 
 def _write_cache(cache: Path, data: ImageData) -> None:
     """Writes the decoded arrays atomically and drops stale caches of the same archive path."""
-    temporary = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".")
-        with os.fdopen(handle, "wb") as output:
+        with files.atomic_path(cache) as temporary, temporary.open("wb") as output:
             np.savez(
                 output,
                 x_train=data.x_train,
@@ -265,13 +263,10 @@ def _write_cache(cache: Path, data: ImageData) -> None:
                 y_test=data.y_test,
                 class_names=np.array(data.class_names),
             )
-        os.replace(temporary, cache)
         where = cache.name.split("-")[0]
         for stale in cache.parent.glob(f"{where}-*.npz"):
             if stale != cache:
                 stale.unlink(missing_ok=True)
     except OSError as error:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
         # A read-only cache only costs speed; the data itself is fine.
         print(f"warning: could not write the image cache {cache}: {error}", file=sys.stderr)

@@ -13,10 +13,10 @@ import gzip
 import io
 import os
 import tarfile
-import tempfile
 from collections import Counter
 from pathlib import Path
 
+from compactcnn import files
 from compactcnn.data import ImageData, imagefolder
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.tar.gz"
@@ -68,12 +68,8 @@ def build_sample(
             info.size, info.mode, info.mtime = len(chosen[name]), 0o644, 0
             tar.addfile(info, io.BytesIO(chosen[name]))
     destination = Path(destination)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".")
-    with os.fdopen(handle, "wb") as output:
-        # gzip.compress with mtime=0 leaves no timestamp or file name in the header.
-        output.write(gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0))
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, destination)
+    # gzip.compress with mtime=0 leaves no timestamp or file name in the header.
+    files.write_bytes(destination, gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0))
     return destination
 
 

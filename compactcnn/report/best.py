@@ -7,11 +7,11 @@ and ships the chosen file as `best/model.tflite` with `best.json` and `MODEL_CAR
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from compactcnn import files
 from compactcnn.errors import UserError
 from compactcnn.report.formatting import (
     as_number,
@@ -116,28 +116,26 @@ def write_best(sweep_dir: Path, row: Row, metric: str, budgets: Budgets) -> list
     prefix = f"tflite.{file_format}."
     source = _tflite_source(sweep_dir, row, file_format)
     best_dir = sweep_dir / BEST_DIR
-    temporary = sweep_dir / (BEST_DIR + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    shutil.copyfile(source, temporary / BEST_FILE)
-    summary = {
-        "name": row["name"],
-        "run_dir": row.get("run_dir", f"runs/{row['name']}"),
-        "metric": metric,
-        "value": row[metric],
-        "format": file_format,
-        "file": BEST_FILE,
-        "source": str(source),
-        "bytes": row.get(prefix + "bytes"),
-        "gzip_bytes": row.get(prefix + "gzip_bytes"),
-        "latency_ms": row.get(prefix + "latency_ms"),
-        "accuracy": row.get(prefix + "accuracy"),
-        "budgets": budgets,
-        "config": {k[len("config.") :]: v for k, v in row.items() if k.startswith("config.")},
-    }
-    (temporary / "best.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (temporary / "MODEL_CARD.md").write_text(model_card(row, metric, budgets, BEST_FILE))
-    # Replace the whole folder so a file from an earlier choice never lingers beside the new one.
-    shutil.rmtree(best_dir, ignore_errors=True)
-    os.replace(temporary, best_dir)
+    with files.atomic_path(best_dir) as temporary:
+        temporary.mkdir()
+        shutil.copyfile(source, temporary / BEST_FILE)
+        summary = {
+            "name": row["name"],
+            "run_dir": row.get("run_dir", f"runs/{row['name']}"),
+            "metric": metric,
+            "value": row[metric],
+            "format": file_format,
+            "file": BEST_FILE,
+            "source": str(source),
+            "bytes": row.get(prefix + "bytes"),
+            "gzip_bytes": row.get(prefix + "gzip_bytes"),
+            "latency_ms": row.get(prefix + "latency_ms"),
+            "accuracy": row.get(prefix + "accuracy"),
+            "budgets": budgets,
+            "config": {k[len("config.") :]: v for k, v in row.items() if k.startswith("config.")},
+        }
+        (temporary / "best.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (temporary / "MODEL_CARD.md").write_text(model_card(row, metric, budgets, BEST_FILE))
+        # Replace the whole folder: no file of an earlier choice lingers beside the new one.
+        shutil.rmtree(best_dir, ignore_errors=True)
     return [Paragraph(f"Copied to `{BEST_DIR}/{BEST_FILE}`, with `best.json` and `MODEL_CARD.md`.")]

@@ -9,12 +9,12 @@ needs that module's `CHARTS` added to the list below.)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from compactcnn import files
 from compactcnn.report import pieces, size_charts, training_charts
 from compactcnn.report.pieces import Heading, Paragraph, Piece
 from compactcnn.report.plotting import Chart, ChartData, Section, figure_has_data
@@ -61,6 +61,5 @@ def write_charts(
 
 def _save_png(figure: Figure, path: Path) -> None:
     # Written beside and renamed, so a reader of the folder never sees half an image.
-    temporary = path.with_name(path.name + ".tmp")
-    figure.savefig(temporary, format="png", dpi=110)
-    os.replace(temporary, path)
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)

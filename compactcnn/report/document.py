@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from compactcnn import files
 from compactcnn.report.best import best_pieces, write_best
 from compactcnn.report.charts import write_charts
 from compactcnn.report.comparisons import comparison_pieces
@@ -126,13 +127,7 @@ def write_report(
         Heading("Training and pruning"),
         *charts[Section.TRAINING],
     ]
-    _write_text(sweep_dir / "report.md", render_markdown(pieces))
-    _write_text(sweep_dir / "report.html", render_html(pieces, sweep_dir))
-    return sweep_dir / "report.md"
-
-
-def _write_text(path: Path, text: str) -> None:
     # Written beside and renamed, so an open report is never seen half-written.
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    files.write_text(sweep_dir / "report.md", render_markdown(pieces))
+    files.write_text(sweep_dir / "report.html", render_html(pieces, sweep_dir))
+    return sweep_dir / "report.md"
