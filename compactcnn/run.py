@@ -152,8 +152,7 @@ def build_training(
         )
         if config.prune.from_run:
             # Fine-tuning: dense weights first, then the pruning wrappers, then a fresh optimizer.
-            dense = keras.models.load_model(prune.resolve_pretrained(config.prune.from_run))
-            _copy_weights(dense, model)
+            _load_pretrained(config.prune.from_run, model)
         model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
         schedule = train.learning_rate_schedule(config.train, steps_per_epoch, peak_lr)
         train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
@@ -262,16 +261,24 @@ def compress(
     distribute.set_precision("float32")
     float_model = create_model(config.model.name, training.data.num_classes)
     _copy_weights(training.model, float_model)
-    if distribute.worker_count(training.strategy) > 1:
-        # Every worker prints it, so anyone can check that the copies trained in lock step.
-        fingerprint = distribute.weights_fingerprint(float_model.get_weights())
-        print(f"trained weights fingerprint: {fingerprint}")
     if config.quantize.weight_clusters:
         float_model = _cluster_finetune(float_model, config, training)
         metrics["clustering"] = {
             "clusters": config.quantize.weight_clusters,
             **cluster.distinct_values_report(float_model),
         }
+    # With the final weights (after clustering), so the exported file and QAT start from them.
+    train.recalibrate_batchnorm(
+        float_model,
+        training.data.x_train,
+        config.train.bn_recalibration_batches,
+        training.global_batch,
+        seed=config.train.seed,
+    )
+    if distribute.worker_count(training.strategy) > 1:
+        # Every worker prints it, so anyone can check that the copies trained in lock step.
+        fingerprint = distribute.weights_fingerprint(float_model.get_weights())
+        print(f"trained weights fingerprint: {fingerprint}")
     qat_model = None
     if config.quantize.qat:
         qat_model = _quantization_aware_finetune(float_model, config, training)
@@ -294,6 +301,9 @@ def export_and_measure(
     keras_metrics = evaluate.evaluate_keras(float_model, data.x_test, data.y_test)
     reference = keras_metrics.pop("predictions")
     keras_metrics["params"] = int(float_model.count_params())
+    if len(data.x_val):
+        validation = evaluate.evaluate_keras(float_model, data.x_val, data.y_val)
+        keras_metrics["validation_accuracy"] = validation["test_accuracy"]
     files.write_text(write_dir / "classes.json", json.dumps(data.class_names))
     with files.atomic_path(write_dir / "model.keras") as temporary:
         float_model.save(temporary)
@@ -354,6 +364,27 @@ def _shard_by_data() -> tf.data.Options:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
+
+
+def _load_pretrained(from_run: str, model: keras.Model) -> None:
+    """Copies the weights of the `prune.from_run` model into `model`, which must match it."""
+    path = prune.resolve_pretrained(from_run)
+    pretrained = keras.models.load_model(path, compile=False)
+    wanted = (tuple(model.input_shape[1:]), model.output_shape[-1])
+    found = (tuple(pretrained.input_shape[1:]), pretrained.output_shape[-1])
+    if found != wanted:
+        raise UserError(
+            f"prune.from_run model '{path}' takes {found[0]} images with {found[1]} classes, "
+            f"but this run builds one for {wanted[0]} images with {wanted[1]} classes; fine-tune "
+            "a model trained on the same data and image size"
+        )
+    try:
+        _copy_weights(pretrained, model)
+    except ValueError:
+        raise UserError(
+            f"prune.from_run model '{path}' ({pretrained.name}) is another architecture than "
+            f"model.name ({model.name}); set model.name to the one it was trained as"
+        ) from None
 
 
 def _copy_weights(source, target) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -166,6 +167,43 @@ def compile_model(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+
+
+def recalibrate_batchnorm(
+    model: keras.Model, images: np.ndarray, batches: int, batch_size: int, seed: int = 0
+) -> int:
+    """Recomputes every BatchNormalization layer's moving mean and variance with the final weights.
+
+    Each layer's momentum is set to k / (k + 1) for the k-th batch, which makes the moving
+    statistics the exact average over the batches seen, then restored. Only the statistics
+    change: no weight is updated.
+
+    Args:
+        model: A float model (BN layers at its top level, as in every model compactcnn builds).
+        images: Training images, uint8 NHWC, unaugmented: the statistics should match test time.
+        batches: How many batches to average over (0 does nothing).
+        batch_size: Images per batch.
+        seed: Seed of the batches drawn.
+
+    Returns:
+        The number of BatchNormalization layers recalibrated.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers or batches < 1 or not len(images):
+        return 0
+    momentums = [layer.momentum for layer in layers]
+    generator = np.random.default_rng(seed)
+    count = min(batch_size, len(images))
+    try:
+        for k in range(batches):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            chosen = np.sort(generator.choice(len(images), count, replace=False))
+            model(images[chosen].astype(np.float32), training=True)
+    finally:
+        for layer, momentum in zip(layers, momentums, strict=True):
+            layer.momentum = momentum
+    return len(layers)
 
 
 def one_hot(dataset: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:

@@ -11,6 +11,9 @@ import pytest
 
 from bench import common, data_pipeline, runs, tflite_latency, train_throughput
 
+# The --quick smoke runs of the benchmarks take minutes: part of CI, not of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def _load(results_dir, name):
     payload = json.loads((results_dir / f"{name}.json").read_text())

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from compactcnn.cli import main
+from tests.tiny import build_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +67,11 @@ def test_truncated_archive(tmp_path, capsys):
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     archive.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    argv = ["evaluate", str(tmp_path / "m.keras"), "--data", "imagefolder"]
-    _one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "m.keras")
+    model = tmp_path / "m.keras"
+    build_tiny_model().save(model)  # a good model: the error must come from the archive
+    argv = ["evaluate", str(model), "--data", "imagefolder"]
+    err = _one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "archive")
+    assert str(archive) in err and "not a readable tar archive" in err
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--set"]
     err = _one_line_error(
         capsys, [*run_argv, "data.name=imagefolder", "--set", f"data.path={archive}"], "archive"
@@ -103,4 +107,22 @@ def test_corrupt_tflite_to_evaluate_and_predict(tmp_path, capsys):
 def test_pruning_mistake_leaves_no_run_directory(tmp_path, capsys):
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
     _one_line_error(capsys, [*run_argv, "--set", "prune.exclude=[no_such_layer]"], "matches no")
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_run_model_of_another_task_is_one_line(tmp_path, capsys):
+    model = tmp_path / "four_classes.keras"
+    build_tiny_model(num_classes=4).save(model)
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    err = _one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "from_run")
+    assert "4 classes" in err and "10 classes" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_run_model_of_another_architecture_is_one_line(tmp_path, capsys):
+    model = tmp_path / "tiny.keras"
+    build_tiny_model(num_classes=10).save(model)
+    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    err = _one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "architecture")
+    assert "resnet20" in err
     assert not (tmp_path / "run").exists()

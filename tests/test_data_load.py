@@ -82,3 +82,28 @@ def test_synthetic_is_seeded_balanced_and_learnable():
     means = np.stack([colours(first.x_train)[first.y_train == label].mean(0) for label in range(4)])
     distances = np.linalg.norm(colours(first.x_test)[:, None] - means[None], axis=2)
     assert (distances.argmin(axis=1) == first.y_test).mean() > 0.95
+
+
+def _class_from_pixels(images: np.ndarray, num_classes: int) -> np.ndarray:
+    """Reads each synthetic image's class back from its colour (hue), independently of labels."""
+    import colorsys
+
+    hues = [
+        colorsys.rgb_to_hsv(*(image.reshape(-1, 3).mean(axis=0) / 255.0))[0] for image in images
+    ]
+    return np.rint(np.array(hues) * num_classes).astype(np.int32) % num_classes
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"validation_size": 50}, {"validation_size": 30, "train_limit": 90, "test_limit": 40}],
+)
+def test_every_label_still_belongs_to_its_image_after_hold_out_and_limits(changes):
+    """Labels and pixels travel together: a label shifted by one image would fail here."""
+    data = load_data(_synthetic(**changes), seed=3)
+    for images, labels in [
+        (data.x_train, data.y_train),
+        (data.x_val, data.y_val),
+        (data.x_test, data.y_test),
+    ]:
+        np.testing.assert_array_equal(_class_from_pixels(images, 10), labels)

@@ -171,10 +171,15 @@ def test_non_chief_worker_writes_to_a_temporary_dir_it_removes(tmp_path):
     worker = types.SimpleNamespace(
         cluster_resolver=resolver, extended=types.SimpleNamespace(should_checkpoint=False)
     )
-    assert not distribute.is_chief(worker)
     assert distribute.worker_count(worker) == 3
     run_dir, cleanup = distribute.worker_run_dir(tmp_path / "run", worker)
     assert run_dir != tmp_path / "run" and run_dir.is_dir()
+    # The run lock takes the same folder, found from TF_CONFIG before any strategy exists.
+    spec = {
+        "cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert distribute.worker_folder(tmp_path / "run", spec) == run_dir
     (run_dir / "model.keras").write_text("x")
     cleanup()
     assert not run_dir.exists()
@@ -372,3 +377,32 @@ def test_multi_worker_from_vertex_cluster_spec(tmp_path):
     assert not worker["write_dir_left"]
     assert (tmp_path / "run" / "model.keras").exists()
     assert chief["kernel_sum"] == worker["kernel_sum"]
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+        {"worker": ["b:1", "c:1", "d:1"]},
+        {"chief": ["a:1"], "worker": ["b:1"], "evaluator": ["e:1"]},
+    ],
+)
+def test_chief_from_tf_config_follows_tensorflows_rule(cluster):
+    """`is_chief_task` (read before any strategy exists) agrees with TensorFlow's own rule."""
+    from tensorflow.python.distribute import multi_worker_util
+
+    spec = tf.train.ClusterSpec(cluster)
+    chiefs = []
+    for task_type, addresses in cluster.items():
+        for index in range(len(addresses)):
+            ours = distribute.is_chief_task(
+                {"cluster": cluster, "task": {"type": task_type, "index": index}}
+            )
+            chiefs += [(task_type, index)] if ours else []
+            if task_type == "evaluator":
+                # TensorFlow calls an evaluator its own chief; it must not take the run's lock.
+                assert not ours
+                continue
+            assert ours == multi_worker_util.is_chief(spec, task_type, index), (task_type, index)
+    assert len(chiefs) == 1
+    assert distribute.is_chief_task(None)

@@ -127,3 +127,26 @@ def test_fit_logs_history_and_resumes_from_backup(tmp_path):
     assert int(rows[-1]["step"]) == 12
     assert not any((tmp_path / "backup").iterdir())  # deleted once training finished
     assert (tmp_path / "logs").exists()
+
+
+def test_batchnorm_recalibration_averages_exactly_over_the_batches_and_keeps_weights():
+    inputs = keras.Input((2, 2, 3))
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inputs, bn(inputs))
+    bn.moving_mean.assign([50.0, 50.0, 50.0])  # stale statistics, far off
+    bn.moving_variance.assign([9.0, 9.0, 9.0])
+    gamma, beta = bn.gamma.numpy().copy(), bn.beta.numpy().copy()
+    images = np.random.default_rng(1).integers(0, 256, (40, 2, 2, 3)).astype(np.uint8)
+    assert train.recalibrate_batchnorm(model, images, batches=3, batch_size=8, seed=5) == 1
+    generator = np.random.default_rng(5)
+    batches = [
+        images[np.sort(generator.choice(40, 8, replace=False))].astype(np.float64)
+        for _ in range(3)
+    ]
+    expected_mean = np.mean([batch.mean(axis=(0, 1, 2)) for batch in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-4)
+    assert np.all(bn.moving_variance.numpy() > 100)  # pixel variance, not the stale 9
+    assert bn.momentum == 0.99
+    np.testing.assert_array_equal(bn.gamma.numpy(), gamma)
+    np.testing.assert_array_equal(bn.beta.numpy(), beta)
+    assert train.recalibrate_batchnorm(model, images, batches=0, batch_size=8) == 0
