@@ -140,8 +140,7 @@ def test_batchnorm_recalibration_averages_exactly_over_the_batches_and_keeps_wei
     assert train.recalibrate_batchnorm(model, images, batches=3, batch_size=8, seed=5) == 1
     generator = np.random.default_rng(5)
     batches = [
-        images[np.sort(generator.choice(40, 8, replace=False))].astype(np.float64)
-        for _ in range(3)
+        images[np.sort(generator.choice(40, 8, replace=False))].astype(np.float64) for _ in range(3)
     ]
     expected_mean = np.mean([batch.mean(axis=(0, 1, 2)) for batch in batches], axis=0)
     np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-4)
