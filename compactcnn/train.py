@@ -19,6 +19,7 @@ import tf_keras as keras
 
 from compactcnn import compat, files
 from compactcnn.config import TrainConfig
+from compactcnn.errors import UserError
 
 # BN scales/offsets and biases are not decayed: decaying them only hurts (Goyal et al. 2017).
 NO_DECAY_VARIABLES = ("gamma", "beta", "bias")
@@ -237,6 +238,30 @@ class _EpochStats(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+def check_backup(backup_dir: Path) -> None:
+    """Reads every tensor of the latest backup, so a damaged one is caught before Keras restores.
+
+    Raises:
+        UserError: When the backup cannot be read, naming the folder to delete.
+    """
+    folder = Path(backup_dir) / "chief"
+    if not folder.is_dir():
+        return
+    try:
+        prefix = tf.train.latest_checkpoint(str(folder))
+        if prefix is None:
+            return  # killed before its first backup completed: nothing to restore
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # The checkpoint reader raises OpError, IndexError, ValueError...
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(
+            f"the training backup in '{backup_dir}' is damaged ({reason}); delete that folder "
+            "to restart training from the first epoch (finished history rows are kept)"
+        ) from None
+
+
 def fit(
     model: keras.Model,
     train_data: tf.data.Dataset,
@@ -270,6 +295,7 @@ def fit(
     write_dir.mkdir(parents=True, exist_ok=True)
     history_path = write_dir / "history.csv"
     dedupe_history(history_path)
+    check_backup(run_dir / "backup")
     # History is logged before the backup is taken: a kill between the two repeats an epoch's
     # row (dedupe_history drops it) instead of losing it.
     all_callbacks = [

@@ -77,28 +77,23 @@ def independent_tflite_accuracy(path, images, labels):
     return correct / len(labels)
 
 
+# Short enough for CI; with prune-preserving QAT, so the suite's one QAT run is a real one.
+QUICKSTART_SETTINGS = [
+    "--set", "train.epochs=5", "--set", "prune.begin_epoch=1", "--set", "prune.end_epoch=4",
+    "--set", "output.latency_runs=5", "--set", "quantize.qat=true",
+    "--set", "quantize.qat_epochs=1",
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quickstart")
     run_dir = folder / "run"
     started = time.perf_counter()
     result = compactcnn(
-        "run",
-        "configs/quickstart.yaml",
-        "--out",
-        str(run_dir),
-        "--verbose",
-        "2",
-        "--set",
-        "train.epochs=5",
-        "--set",
-        "prune.begin_epoch=1",
-        "--set",
-        "prune.end_epoch=4",
-        "--set",
-        "output.latency_runs=5",
-        env=folder / "cache",
-    )
+        "run", "configs/quickstart.yaml", "--out", str(run_dir), "--verbose", "2",
+        *QUICKSTART_SETTINGS, env=folder / "cache",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result, time.perf_counter() - started, folder
 
@@ -147,6 +142,9 @@ def test_quickstart_metrics_and_pruning_survive_to_tflite(quickstart_run):
     assert gzip_bytes <= 0.45 * metrics["baseline"]["dense_float32_gzip_bytes"]
     assert metrics["tflite"]["int8"]["input_dtype"] == "uint8"
     assert metrics["tflite"]["int8"]["bytes"] <= 0.30 * float32["bytes"]
+    # The int8 file comes from prune-preserving QAT, which kept the zeros.
+    assert metrics["tflite"]["int8"]["qat"] is True
+    assert metrics["tflite"]["int8"]["zeros_fraction"] >= 0.695
 
 
 def test_independent_evaluation_matches_metrics(quickstart_run):
@@ -182,8 +180,9 @@ def test_evaluate_predict_and_rerun_commands(quickstart_run):
 
     before = (run_dir / "metrics.json").stat().st_mtime_ns
     result = compactcnn(
-        "run", "configs/quickstart.yaml", "--out", str(run_dir), env=folder / "cache"
-    )
+        "run", "configs/quickstart.yaml", "--out", str(run_dir), *QUICKSTART_SETTINGS,
+        env=folder / "cache",
+    )  # fmt: skip
     assert result.returncode == 0 and "already finished" in result.stdout
     assert (run_dir / "metrics.json").stat().st_mtime_ns == before
 

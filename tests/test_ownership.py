@@ -229,3 +229,23 @@ def test_two_sweeps_on_one_study_split_the_runs(tmp_path):
     assert [row["status"] for row in rows] == ["finished"] * 4
     # Both ended with the same table: the second to finish waited for the other's runs.
     assert all(f"results: {sweep_dir}" in out for out in outputs)
+
+
+def test_a_damaged_backup_is_one_line_naming_the_folder(tmp_path):
+    import tensorflow as tf
+
+    from compactcnn.errors import UserError
+
+    backup = tmp_path / "backup"
+    variable = tf.Variable(tf.range(1000, dtype=tf.float32))
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=variable), str(backup / "chief"), max_to_keep=1
+    )
+    manager.save()
+    train.check_backup(backup)  # a good backup passes
+    (data,) = (backup / "chief").glob("*.data-*")
+    data.write_bytes(data.read_bytes()[:100])  # torn
+    with pytest.raises(UserError, match="backup .* is damaged .*delete that folder") as caught:
+        train.check_backup(backup)
+    assert str(backup) in str(caught.value) and "\n" not in str(caught.value)
+    train.check_backup(tmp_path / "no_backup")  # nothing to check
