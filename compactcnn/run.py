@@ -411,13 +411,12 @@ def _cluster_finetune(float_model, config: Config, training: Training):
     """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
     with training.strategy.scope():
         clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
-        optimizer = train.build_optimizer(config.train, config.quantize.cluster_learning_rate)
-        train.compile_model(clustered, config.train, optimizer)
-    clustered.fit(
-        training.train_data,
-        epochs=config.quantize.cluster_epochs,
-        steps_per_epoch=training.steps_per_epoch,
-        verbose=2,
+    _finetune(
+        clustered,
+        config,
+        training,
+        config.quantize.cluster_learning_rate,
+        config.quantize.cluster_epochs,
     )
     float_model.set_weights(cluster.strip(clustered).get_weights())
     return float_model
@@ -428,15 +427,20 @@ def _quantization_aware_finetune(float_model, config: Config, training: Training
     with training.strategy.scope():
         pruned = config.prune.schedule != "none"
         qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
-        optimizer = train.build_optimizer(config.train, config.quantize.qat_learning_rate)
-        train.compile_model(qat_model, config.train, optimizer)
-    qat_model.fit(
-        training.train_data,
-        epochs=config.quantize.qat_epochs,
-        steps_per_epoch=training.steps_per_epoch,
-        verbose=2,
+    _finetune(
+        qat_model, config, training, config.quantize.qat_learning_rate, config.quantize.qat_epochs
     )
     return qat_model
+
+
+def _finetune(model, config: Config, training: Training, learning_rate: float, epochs: int):
+    """A short fine-tune at a constant rate, with the run's optimizer, decay and loss."""
+    with training.strategy.scope():
+        optimizer = train.build_optimizer(config.train, learning_rate)
+        train.compile_model(model, config.train, optimizer)
+    model.fit(
+        training.train_data, epochs=epochs, steps_per_epoch=training.steps_per_epoch, verbose=2
+    )
 
 
 def _dense_float32_sizes(model_name: str, num_classes: int) -> dict[str, int]:

@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from compactcnn.errors import UserError
+from compactcnn.registry import Registry
 
 if TYPE_CHECKING:
     from compactcnn.config import DataConfig
     from compactcnn.data import ImageData
 
 SourceLoader = Callable[["DataConfig", int], "ImageData"]
-_SOURCES: dict[str, SourceLoader] = {}
+_SOURCES: Registry[SourceLoader] = Registry("data source")
 
 
 def register_source(loader: SourceLoader) -> SourceLoader:
@@ -24,25 +24,15 @@ def register_source(loader: SourceLoader) -> SourceLoader:
     A loader takes the `data` config section and a seed and returns train and test images with
     no validation set; `compactcnn.data.load_data` applies the hold-out and the limits.
 
-    Args:
-        loader: The function to register; its `__name__` is the value of `data.name`.
-
-    Returns:
-        `loader`, unchanged.
-
     Raises:
         ValueError: When a source of that name is already registered.
     """
-    name = loader.__name__
-    if name in _SOURCES:
-        raise ValueError(f"data source '{name}' is already registered; pick another name")
-    _SOURCES[name] = loader
-    return loader
+    return _SOURCES.register(loader)
 
 
 def list_sources() -> list[str]:
     """Returns the registered data source names, sorted."""
-    return sorted(_SOURCES)
+    return _SOURCES.names()
 
 
 def get_source(name: str) -> SourceLoader:
@@ -51,6 +41,4 @@ def get_source(name: str) -> SourceLoader:
     Raises:
         UserError: When `name` is not registered.
     """
-    if name not in _SOURCES:
-        raise UserError(f"unknown data source '{name}'; choose one of {', '.join(list_sources())}")
-    return _SOURCES[name]
+    return _SOURCES.get(name)

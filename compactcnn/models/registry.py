@@ -4,34 +4,26 @@ from collections.abc import Callable
 
 import tf_keras as keras
 
-from compactcnn.errors import UserError
+from compactcnn.registry import Registry
 
 ModelBuilder = Callable[..., keras.Model]
-_MODELS: dict[str, ModelBuilder] = {}
+_MODELS: Registry[ModelBuilder] = Registry("model")
 
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
-    """Registers `builder` under its function name. Use as `@register_model`.
+    """Registers `builder` under its function name (the value of `model.name`).
 
-    Args:
-        builder: The function to register; its `__name__` is the value of `model.name`.
-
-    Returns:
-        `builder`, unchanged.
+    Use as `@register_model`.
 
     Raises:
         ValueError: When a model of that name is already registered.
     """
-    name = builder.__name__
-    if name in _MODELS:
-        raise ValueError(f"model '{name}' is already registered; pick another name")
-    _MODELS[name] = builder
-    return builder
+    return _MODELS.register(builder)
 
 
 def list_models() -> list[str]:
     """Returns the registered model names, sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> keras.Model:
@@ -49,6 +41,4 @@ def create_model(name: str, num_classes: int, **kwargs) -> keras.Model:
     Raises:
         UserError: When `name` is not registered.
     """
-    if name not in _MODELS:
-        raise UserError(f"unknown model '{name}'; choose one of {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    return _MODELS.get(name)(num_classes=num_classes, **kwargs)
