@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = runs.baseline(recorder, args)
     rows = [
         {
-            "model": "baseline (plain tf_keras)",
+            "model": "plain tf_keras, strong recipe",
             "sparsity": 0.0,
             "keras_accuracy": baseline["test_accuracy"],
         },

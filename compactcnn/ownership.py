@@ -177,7 +177,13 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_config(run_dir: Path, config: Config) -> None:
     path = run_dir / "config.yaml"
+    trained = any((run_dir / name).exists() for name in ("backup", "metrics.json", "history.csv"))
     if not path.exists():
+        if trained:
+            raise UserError(
+                f"'{path}' is missing, so the config this run was started with is unknown; "
+                f"delete the folder '{run_dir}' or pick another --out"
+            )
         return
     try:
         values = yaml.safe_load(path.read_text())
@@ -185,7 +191,7 @@ def _check_config(run_dir: Path, config: Config) -> None:
             raise ValueError("not a mapping of sections")
         recorded = from_dict({k: v for k, v in values.items() if k != RESOLVED_KEY})
     except (yaml.YAMLError, ValueError, UserError) as error:
-        if not ((run_dir / "backup").exists() or (run_dir / "metrics.json").exists()):
+        if not trained:
             return  # nothing trained yet: the run starts afresh and writes a new one
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(

@@ -249,3 +249,11 @@ def test_a_damaged_backup_is_one_line_naming_the_folder(tmp_path):
         train.check_backup(backup)
     assert str(backup) in str(caught.value) and "\n" not in str(caught.value)
     train.check_backup(tmp_path / "no_backup")  # nothing to check
+
+
+def test_a_started_run_without_its_config_yaml_is_one_line(tmp_path, capsys):
+    run_dir = _started_run(tmp_path)
+    (run_dir / "config.yaml").unlink()
+    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    _one_line_error(capsys, argv, "config.yaml", "missing", "delete the folder")
+    assert not (run_dir / "config.yaml").exists()
