@@ -20,7 +20,9 @@ import yaml
 
 from compactcnn.errors import UserError
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# The Keras policies a run can train under; `auto` picks one of them for the hardware.
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", *POLICIES)
 PRUNE_SCHEDULES = ("none", "constant", "polynomial")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WEIGHT_DECAY_FORMS = ("gradient", "decoupled")
@@ -82,7 +84,9 @@ class TrainConfig:
     Attributes:
         epochs: Passes over the training set.
         batch_size: Images per replica per step; the global batch is this times the replicas.
-        precision: float32, mixed_float16 or mixed_bfloat16.
+        precision: float32, mixed_float16, mixed_bfloat16, or auto: mixed_bfloat16 where the
+            hardware computes bfloat16 natively (CPUs with AVX512-BF16 or AMX, NVIDIA compute
+            capability >= 8.0), mixed_float16 on older NVIDIA GPUs, float32 otherwise.
         learning_rate: Peak learning rate for the reference batch of 128 images (scaled linearly
             with the global batch when `scale_learning_rate` is on).
         lr_schedule: constant, step (He et al.: /10 at 50% and 75%), cosine or onecycle.

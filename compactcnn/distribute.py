@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from compactcnn.config import PRECISIONS, STRATEGIES, DistributeConfig
+from compactcnn.config import POLICIES, STRATEGIES, DistributeConfig
 from compactcnn.errors import UserError
 
 # Vertex AI's convention for TensorFlow: pool 0 is the chief, pool 1 the workers, pool 2 the
@@ -318,6 +318,59 @@ def weights_fingerprint(weights: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
+# CPU flags (/proc/cpuinfo) of instruction sets that compute bfloat16 natively.
+NATIVE_BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# NVIDIA GPUs compute bfloat16 natively from compute capability 8.0 (Ampere) on.
+BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
+
+
+def choose_precision(
+    requested: str,
+    cpu_flags: Collection[str] | None = None,
+    gpu_capabilities: Sequence[tuple[int, int]] | None = None,
+) -> tuple[str, str]:
+    """Resolves `train.precision: auto` to the policy this hardware runs natively.
+
+    Args:
+        requested: The configured precision; anything but `auto` passes through.
+        cpu_flags: The CPU's flags (default: read from /proc/cpuinfo). Tests pass fakes.
+        gpu_capabilities: Compute capability of each visible GPU (default: asked of TensorFlow).
+
+    Returns:
+        (policy, reason): the Keras policy name and a sentence saying why.
+    """
+    if requested != "auto":
+        return requested, "set in the config"
+    if gpu_capabilities is None:
+        gpu_capabilities = [
+            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
+    if gpu_capabilities:
+        lowest = min(gpu_capabilities)
+        if lowest >= BFLOAT16_COMPUTE_CAPABILITY:
+            return "mixed_bfloat16", f"NVIDIA GPU compute capability {lowest} computes bfloat16"
+        return "mixed_float16", f"NVIDIA GPU compute capability {lowest} has no bfloat16 units"
+    if cpu_flags is None:
+        cpu_flags = _cpu_flags()
+    native = sorted(set(cpu_flags) & set(NATIVE_BFLOAT16_CPU_FLAGS))
+    if native:
+        return "mixed_bfloat16", f"this CPU computes bfloat16 natively ({', '.join(native)})"
+    return "float32", "this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
 def set_precision(precision: str) -> str:
     """Sets the global Keras mixed-precision policy for every layer built afterwards.
 
@@ -327,8 +380,8 @@ def set_precision(precision: str) -> str:
     Returns:
         The name of the policy now in effect.
     """
-    if precision not in PRECISIONS:
-        raise UserError(f"train.precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision not in POLICIES:
+        raise UserError(f"train.precision '{precision}' is not one of {', '.join(POLICIES)}")
     keras.mixed_precision.set_global_policy(precision)
     return keras.mixed_precision.global_policy().name
 

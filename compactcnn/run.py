@@ -75,6 +75,7 @@ class Training:
     Attributes:
         strategy: The tf.distribute strategy the model was built under.
         precision_policy: The global Keras precision policy training runs under.
+        precision_reason: Why that policy (the config, or what `auto` found on the hardware).
         data: The loaded images.
         train_data: An endless stream of augmented (images, one-hot labels) global batches.
         validation_data: The held-out validation batches, or None.
@@ -87,6 +88,7 @@ class Training:
 
     strategy: tf.distribute.Strategy
     precision_policy: str
+    precision_reason: str
     data: ImageData
     train_data: tf.data.Dataset
     validation_data: tf.data.Dataset | None
@@ -117,7 +119,9 @@ def build_training(
     """
     # The strategy must exist before any other TensorFlow op runs (collectives, logical devices).
     strategy = strategy or distribute.create_strategy(config.distribute)
-    policy = distribute.set_precision(config.train.precision)
+    precision, reason = distribute.choose_precision(config.train.precision)
+    print(f"precision: {precision} ({reason})")
+    policy = distribute.set_precision(precision)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
     peak_lr = distribute.scaled_learning_rate(
         config.train.learning_rate, global_batch, REFERENCE_BATCH, config.train.scale_learning_rate
@@ -160,6 +164,7 @@ def build_training(
     return Training(
         strategy=strategy,
         precision_policy=policy,
+        precision_reason=reason,
         data=data,
         train_data=train_data,
         validation_data=validation_data,
@@ -181,6 +186,7 @@ def record_config(config: Config, training: Training, write_dir: Path) -> None:
             "global_batch_size": training.global_batch,
             "learning_rate": training.learning_rate,
             "precision_policy": training.precision_policy,
+            "precision_reason": training.precision_reason,
         },
     )
     if config.prune.schedule != "none" and distribute.is_chief(training.strategy):
@@ -234,6 +240,7 @@ def fit(
             "global_batch_size": training.global_batch,
             "learning_rate": training.learning_rate,
             "precision": training.precision_policy,
+            "precision_reason": training.precision_reason,
         },
         "train": _train_metrics(history, training, wall_seconds),
     }

@@ -160,7 +160,7 @@ def compile_model(
     optimizer: keras.optimizers.Optimizer,
 ) -> None:
     """Compiles with label-smoothed cross-entropy on one-hot labels and top-1 accuracy."""
-    if train_config.precision == "mixed_float16":
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
         # float16 gradients underflow without dynamic loss scaling.
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(

@@ -406,3 +406,31 @@ def test_chief_from_tf_config_follows_tensorflows_rule(cluster):
             assert ours == multi_worker_util.is_chief(spec, task_type, index), (task_type, index)
     assert len(chiefs) == 1
     assert distribute.is_chief_task(None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "gpus", "expected"),
+    [
+        ({"avx2", "avx512f", "fma"}, [], "float32"),  # no native bfloat16: never picked
+        ({"avx2", "avx512f", "avx512_bf16"}, [], "mixed_bfloat16"),
+        ({"avx2", "amx_bf16", "amx_tile"}, [], "mixed_bfloat16"),
+        ({"avx2"}, [(7, 5)], "mixed_float16"),
+        ({"avx2"}, [(8, 0), (8, 6)], "mixed_bfloat16"),
+        ({"avx512_bf16"}, [(7, 0), (8, 0)], "mixed_float16"),  # the oldest GPU decides
+    ],
+)
+def test_auto_precision_picks_what_the_hardware_computes_natively(flags, gpus, expected):
+    policy, reason = distribute.choose_precision("auto", cpu_flags=flags, gpu_capabilities=gpus)
+    assert policy == expected
+    assert reason and "\n" not in reason
+
+
+def test_explicit_precision_passes_through_and_this_machine_resolves_auto():
+    assert distribute.choose_precision("float32", cpu_flags={"avx512_bf16"}) == (
+        "float32",
+        "set in the config",
+    )
+    policy, _ = distribute.choose_precision("auto")
+    flags = Path("/proc/cpuinfo").read_text().split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert policy == ("mixed_bfloat16" if native else "float32")

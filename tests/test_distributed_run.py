@@ -237,7 +237,12 @@ def test_pruned_mixed_bfloat16_keeps_float32_master_weights():
 def test_mixed_float16_gets_a_loss_scale_optimizer():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
     for precision, scaled in (("mixed_float16", True), ("mixed_bfloat16", False)):
-        train.compile_model(model, TrainConfig(precision=precision), keras.optimizers.SGD(0.1))
+        # The policy a run trains under (`auto` resolved), as build_training sets it.
+        keras.mixed_precision.set_global_policy(precision)
+        try:
+            train.compile_model(model, TrainConfig(precision=precision), keras.optimizers.SGD(0.1))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
         assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer) is scaled
 
 
