@@ -21,8 +21,9 @@ WORKDIR /app
 # Dependencies change less often than code: install them in their own layer first. Installing the
 # package from a stub keeps this layer cached until pyproject.toml changes.
 COPY pyproject.toml README.md ./
+# cloudml-hypertune: how `compactcnn vertex trial` reports its metrics to Vertex AI tuning jobs.
 RUN mkdir compactcnn && touch compactcnn/__init__.py \
-    && pip install ".[${TENSORFLOW}]" \
+    && pip install ".[${TENSORFLOW}]" cloudml-hypertune \
     && pip uninstall --yes compactcnn \
     && rm -rf compactcnn build *.egg-info
 

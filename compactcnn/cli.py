@@ -39,10 +39,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from compactcnn import evaluate
     from compactcnn.config import load_config
     from compactcnn.data import load_data
+    from compactcnn.predict import input_size
 
     model_path = Path(args.model)
-    config = load_config(None, [f"data.name={args.data}", *args.set])
     model = evaluate.load_model_file(model_path)
+    # The images are read at the size the model takes (the user's --set may still override it).
+    height, width = input_size(model)
+    size = f"data.image_size=[{height}, {width}]"
+    config = load_config(None, [f"data.name={args.data}", size, *args.set])
     data = load_data(config.data)
     if model_path.suffix == ".keras":
         result = evaluate.evaluate_keras(model, data.x_test, data.y_test)
@@ -75,6 +79,14 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from compactcnn.tuning import run_tuning
+
+    out = run_tuning(args.study, out_dir=args.out, storage_url=args.storage, study_name=args.name)
+    print(f"results: {out}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from compactcnn.report import write_report
 
@@ -83,6 +95,7 @@ def _report(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         max_latency_ms=args.max_latency_ms,
         metric=args.metric,
+        storage=args.storage,
     )
     print(f"report: {path}")
     return 0
@@ -121,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top-5 classes of image files")
     predict.add_argument("model", help="model.keras or a .tflite file")
-    predict.add_argument("images", nargs="+", help="image files (any size; resized to 32x32)")
+    predict.add_argument(
+        "images", nargs="+", help="image files (any size; resized to the model's input)"
+    )
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.set_defaults(func=_predict)
 
@@ -131,11 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="runs at once")
     sweep.set_defaults(func=_sweep)
 
-    report = commands.add_parser("report", help="tables, charts and the best model of a sweep")
-    report.add_argument("dir", help="sweep directory")
+    tune = commands.add_parser(
+        "tune", help="search a study's space with Optuna (resumable, shareable by many processes)"
+    )
+    tune.add_argument("study", help="tuning study YAML, e.g. configs/studies/tune_tiny.yaml")
+    tune.add_argument("--out", help="tuning directory (default: runs/tuning/<study name>)")
+    tune.add_argument(
+        "--storage",
+        help="Optuna RDB URL shared by every process of the study, e.g. "
+        "postgresql://user@host:5432/db (default: sqlite:///<out>/optuna.db)",
+    )
+    tune.add_argument(
+        "--study-name", dest="name", help="the study's name in the storage (default: file stem)"
+    )
+    tune.set_defaults(func=_tune)
+
+    report = commands.add_parser(
+        "report", help="tables, charts and the best model of a sweep or tuning folder"
+    )
+    report.add_argument("dir", help="sweep or tuning directory")
     report.add_argument("--max-bytes", type=int, help="size budget of the chosen file")
     report.add_argument("--max-latency-ms", type=float, help="latency budget per image")
     report.add_argument("--metric", default="tflite.int8.accuracy", help="what 'best' maximizes")
+    report.add_argument(
+        "--storage", help="a tuning folder's storage URL, when tune.yaml hides its password"
+    )
     report.set_defaults(func=_report)
 
     try:
@@ -147,13 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parses `argv`; only commands that set `extra_arguments` accept options they do not know.
+
+    `vertex trial` is such a command: Vertex AI appends `--<parameter>=<value>` for each searched
+    key, and the study file, not the parser, knows those keys. The others reject them as usual.
+    """
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown and not getattr(args, "extra_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown = unknown
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `compactcnn` console script.
 
     Returns:
         0 on success, 2 for a user mistake (printed as one line), 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UserError as error:

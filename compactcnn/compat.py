@@ -47,6 +47,9 @@ check_versions()
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import (  # noqa: E402
     ClusterWeights,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E402, E501
+    Default8BitQuantizeRegistry,
+)
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
     QuantizeLayer,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "ClusterWeights",
     "PruneLowMagnitude",
     "QuantizeLayer",
+    "qat_supports",
     "set_input_quantizer_range",
     "tflite_operators",
 ]
@@ -86,6 +90,15 @@ def set_input_quantizer_range(model: keras.Model, low: float, high: float) -> in
                 weight.assign(high)
                 assigned += 1
     return assigned
+
+
+def qat_supports(layer: keras.layers.Layer) -> bool:
+    """Whether tfmot's default 8-bit QAT scheme quantizes a layer of this class.
+
+    tfmot only says so by failing inside `quantize_apply`, after the run has trained; its
+    registry's own `supports` answers before anything is written.
+    """
+    return Default8BitQuantizeRegistry().supports(layer)
 
 
 def tflite_operators(interpreter: Any) -> list[dict[str, Any]]:

@@ -28,9 +28,32 @@ LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WEIGHT_DECAY_FORMS = ("gradient", "decoupled")
 EXPORT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+RESIZE_MODES = ("bilinear", "crop", "reject")
 _FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # Run directories record derived values (global batch, scaled rate) under this key of config.yaml.
 RESOLVED_KEY = "resolved"
+
+
+@dataclass
+class NormalizeConfig:
+    """The input normalization prepended to a model that has none of its own.
+
+    Leave every key unset for the built-in models' mapping of pixels 0-255 to [-1, 1]. Either
+    `scale` (and `offset`) or `mean` and `std` (per channel, in pixel units 0-255); the model
+    then computes `pixels * scale + offset` or `(pixels - mean) / std` in its first layer, so the
+    exported files still take raw pixels.
+
+    Attributes:
+        scale: Pixel multiplier, e.g. 0.00392157 (1/255) for inputs in [0, 1].
+        offset: Added after `scale` (default 0).
+        mean: Channel means in pixel units, e.g. [125.3, 123.0, 113.9] (with `std`).
+        std: Channel standard deviations in pixel units, e.g. [63.0, 62.1, 66.7].
+    """
+
+    scale: float | None = None
+    offset: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -41,6 +64,13 @@ class DataConfig:
         name: One of cifar10, cifar100, imagefolder, sample, synthetic.
         path: A local archive or folder. For cifar10/100 it overrides the download; for
             imagefolder it is required (folder or .tar/.tar.gz with train/ and test/).
+        image_size: [height, width] every image is brought to; null means the model's own
+            input size (a saved or built model), or 32x32 (the built-in CIFAR models).
+        resize: What to do with an image of another size: `bilinear` (stretch to the size),
+            `crop` (scale to cover the size, keeping the aspect ratio, then cut the centre) or
+            `reject` (a one-line error naming the image).
+        normalize: The input normalization prepended to a model that has none (see
+            `NormalizeConfig`); an error for a model that normalizes its input itself.
         augment: Pad-4 random crop and horizontal flip on training batches.
         cutout: Side of the square cut out of each training image (0 disables it).
         validation_size: Training images held out as a validation set (0 disables it).
@@ -53,6 +83,9 @@ class DataConfig:
 
     name: str = "sample"
     path: str | None = None
+    image_size: list[int] | None = None
+    resize: str = "bilinear"
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     augment: bool = True
     cutout: int = 0
     validation_size: int = 0
@@ -65,16 +98,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which registered architecture to build.
+    """Which architecture to build.
 
     Attributes:
-        name: A registered model name, e.g. resnet20 (see `compactcnn.models.list_models`).
+        name: A registered model name, e.g. resnet20 (see `compactcnn.models.list_models`); a
+            saved Keras 2 model, `path/to/model.keras` (its weights are the starting point); or
+            a builder, `my_package.my_module:build`, called as `build(num_classes=...,
+            input_shape=(height, width, 3))` and returning a Functional tf_keras model.
         zero_init_residual: Start the last BatchNormalization scale of every residual branch at
-            zero, so each block begins as the identity (Goyal et al. 2017).
+            zero, so each block begins as the identity (Goyal et al. 2017). Built-in models.
+        width: Width multiplier of the built-in MobileNets (null means the model's own, e.g.
+            0.25 for mobilenet_v1_025).
     """
 
     name: str = "resnet20"
     zero_init_residual: bool = False
+    width: float | None = None
 
 
 @dataclass
@@ -435,6 +474,7 @@ def validate(config: Config) -> None:
 
     _check_choice("data.name", config.data.name, tuple(list_sources()))
     _check_choice("data.label_mode", config.data.label_mode, ("fine", "coarse"))
+    _check_choice("data.resize", config.data.resize, RESIZE_MODES)
     _check_choice("train.precision", config.train.precision, PRECISIONS)
     _check_choice("train.lr_schedule", config.train.lr_schedule, LR_SCHEDULES)
     _check_choice("train.weight_decay_form", config.train.weight_decay_form, WEIGHT_DECAY_FORMS)
@@ -486,7 +526,46 @@ def validate(config: Config) -> None:
             "quantize.weight_clusters and quantize.qat cannot be combined yet (QAT would undo "
             "the shared values); set one of them"
         )
+    if config.model.width is not None and config.model.width <= 0:
+        raise UserError(f"config key 'model.width' must be positive, got {config.model.width}")
+    _validate_image_size(config.data.image_size)
+    _validate_normalize(config.data.normalize)
     _validate_prune(config.prune, config.train.epochs)
+
+
+# Smaller images leave nothing for a CNN's strided layers; larger ones do not fit in memory.
+IMAGE_SIZE_LIMITS = (8, 2048)
+
+
+def _validate_image_size(image_size: list[int] | None) -> None:
+    if image_size is None:
+        return
+    low, high = IMAGE_SIZE_LIMITS
+    if len(image_size) != 2 or not all(low <= side <= high for side in image_size):
+        raise UserError(
+            f"config key 'data.image_size' must be [height, width] with sides {low} to {high}, "
+            f"got {image_size}; e.g. data.image_size=[96, 96]"
+        )
+
+
+def _validate_normalize(normalize: NormalizeConfig) -> None:
+    by_scale = normalize.scale is not None or normalize.offset is not None
+    by_moments = normalize.mean is not None or normalize.std is not None
+    if by_scale and by_moments:
+        raise UserError(
+            "data.normalize sets both scale/offset and mean/std; keep one of the two forms"
+        )
+    if normalize.scale == 0:
+        raise UserError("config key 'data.normalize.scale' must not be 0; e.g. 0.00392157 (1/255)")
+    if by_moments:
+        mean, std = normalize.mean, normalize.std
+        if mean is None or std is None or len(mean) != len(std) or len(mean) not in (1, 3):
+            raise UserError(
+                "data.normalize needs mean and std together, each 1 or 3 values (pixel units), "
+                "e.g. mean: [125.3, 123.0, 113.9], std: [63.0, 62.1, 66.7]"
+            )
+        if any(value <= 0 for value in std):
+            raise UserError(f"config key 'data.normalize.std' must be positive, got {std}")
 
 
 def _validate_prune(prune: PruneConfig, epochs: int) -> None:

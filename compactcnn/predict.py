@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from compactcnn import evaluate
+from compactcnn.data import IMAGE_SHAPE
 from compactcnn.data.imagefolder import decode_image
 from compactcnn.errors import UserError
 
@@ -26,8 +27,8 @@ def class_names_for(model_path: Path) -> list[str] | None:
     return None
 
 
-def read_images(paths: list[Path]) -> np.ndarray:
-    """Reads image files as raw 32x32 RGB uint8, resizing as needed.
+def read_images(paths: list[Path], size: tuple[int, int] = IMAGE_SHAPE[:2]) -> np.ndarray:
+    """Reads image files as raw RGB uint8 of `size` (height, width), resizing as needed.
 
     Raises:
         UserError: When a file is missing or not an image.
@@ -36,8 +37,17 @@ def read_images(paths: list[Path]) -> np.ndarray:
     for path in paths:
         if not path.is_file():
             raise UserError(f"image file '{path}' not found; check the path")
-        images.append(decode_image(path.read_bytes(), str(path)))
+        images.append(decode_image(path.read_bytes(), str(path), size))
     return np.stack(images)
+
+
+def input_size(model: Any) -> tuple[int, int]:
+    """The (height, width) a Keras model or a LiteRT interpreter takes."""
+    if hasattr(model, "get_input_details"):
+        shape = model.get_input_details()[0]["shape"]
+    else:
+        shape = model.input_shape
+    return int(shape[1]), int(shape[2])
 
 
 def predict_files(
@@ -47,7 +57,8 @@ def predict_files(
 
     Args:
         model_path: A `model.keras` or `.tflite` file from a run.
-        image_paths: Image files of any size and format Pillow reads.
+        image_paths: Image files of any size and format Pillow reads (resized to the model's
+            input).
         top: How many classes to list per image.
 
     Returns:
@@ -55,7 +66,7 @@ def predict_files(
     """
     model_path = Path(model_path)
     model = evaluate.load_model_file(model_path)
-    images = read_images(image_paths)
+    images = read_images(image_paths, input_size(model))
     if model_path.suffix == ".keras":
         probabilities = model.predict(images.astype(np.float32), verbose=0)
     else:

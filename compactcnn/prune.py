@@ -1,6 +1,7 @@
 """Magnitude pruning with tfmot: schedules from the config, wrap/strip, and sparsity reports.
 
-Only Conv2D and Dense kernels are pruned. tfmot's step semantics, which everything here follows:
+The kernels of Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers are pruned (see
+`compactcnn.kernels`). tfmot's step semantics, which everything here follows:
 `UpdatePruningStep` sets each wrapper's `pruning_step` to 0 when training starts, and every training
 batch increments it before the masks are looked at, so the k-th batch runs at pruning step k. Masks
 are recomputed at steps `begin + i * frequency` up to `end`; in between they stay fixed.
@@ -18,14 +19,16 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compactcnn import files
+from compactcnn import files, kernels
 from compactcnn.compat import PruneLowMagnitude
 from compactcnn.config import PruneConfig
 from compactcnn.errors import UserError
 
 _sparsity = tfmot.sparsity.keras
 # The layers whose kernels pruning, clustering and QAT compress (cluster.py reuses this tuple).
-PRUNABLE_LAYER_TYPES = (keras.layers.Conv2D, keras.layers.Dense)
+PRUNABLE_LAYER_TYPES = kernels.KERNEL_LAYER_TYPES
+# tfmot's prune registry lists these with no (or not all) kernels to prune; compactcnn names them.
+_OWN_KERNEL_TYPES = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
 def _step_range(prune_config: PruneConfig, steps_per_epoch: int, epochs: int) -> tuple[int, int]:
@@ -87,10 +90,6 @@ def make_schedule(
     )
 
 
-def _excluded(name: str, patterns: list[str]) -> bool:
-    return any(re.search(pattern, name) for pattern in patterns)
-
-
 def _check_exclude(model: keras.Model, patterns: list[str]) -> None:
     names = [layer.name for layer in model.layers]
     for pattern in patterns:
@@ -105,18 +104,88 @@ def _check_exclude(model: keras.Model, patterns: list[str]) -> None:
             )
 
 
+def skipped_layers(model: keras.Model, prune_config: PruneConfig) -> dict[str, str]:
+    """The layers with weights that pruning leaves dense, and why.
+
+    Args:
+        model: A Functional model, unwrapped.
+        prune_config: The `prune` section.
+
+    Returns:
+        {layer name: reason}: kernel layers excluded by `prune.exclude` or unable to hold the
+        `m_by_n` pattern, and layers whose weights are not kernels compactcnn prunes (other than
+        BatchNormalization, which the export folds into the layer before it). Empty for the
+        `none` schedule.
+
+    Raises:
+        UserError: On an `exclude` pattern that is invalid or matches no layer, or a layer with
+            kernels that tfmot cannot wrap (and `exclude` does not keep dense).
+    """
+    if prune_config.schedule == "none":
+        return {}
+    _check_exclude(model, prune_config.exclude)
+    m_by_n = tuple(prune_config.m_by_n) if prune_config.m_by_n else None
+    skipped = {}
+    for layer in model.layers:
+        pattern = next((p for p in prune_config.exclude if re.search(p, layer.name)), None)
+        if pattern is not None and kernels.kernel_weights(layer):
+            skipped[layer.name] = f"prune.exclude '{pattern}'"
+            continue
+        unwrappable = kernels.unwrappable_reason(layer)
+        if unwrappable:
+            raise UserError(
+                f"layer '{layer.name}' ({unwrappable}) has kernels that tfmot cannot wrap for "
+                f"pruning; build it from {kernels.KERNEL_LAYER_NAMES} itself, or keep it dense "
+                f"with prune.exclude=['^{layer.name}$']"
+            )
+        if kernels.is_kernel_layer(layer):
+            reason = _m_by_n_reason(layer, m_by_n) if m_by_n else None
+            if reason:
+                skipped[layer.name] = reason
+        elif layer.trainable_weights and not isinstance(layer, keras.layers.BatchNormalization):
+            skipped[layer.name] = (
+                f"prune: a {type(layer).__name__} has no kernel compactcnn prunes "
+                f"({kernels.KERNEL_LAYER_NAMES})"
+            )
+    return skipped
+
+
+def _m_by_n_reason(layer: keras.layers.Layer, m_by_n: tuple[int, int]) -> str | None:
+    """Why a kernel layer cannot hold the m:n pattern, or None when it can."""
+    if isinstance(layer, _OWN_KERNEL_TYPES):
+        return "prune.m_by_n applies to Conv2D and Dense kernels only"
+    # Conv2D kernels are [height, width, in, out], Dense kernels [in, out].
+    channels = int(layer.kernel.shape[-2])
+    if channels % m_by_n[1]:
+        return f"prune.m_by_n: {channels} input channels are not a multiple of {m_by_n[1]}"
+    return None
+
+
+def _prunable_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A fresh copy of a kernel layer that tfmot's wrapper prunes every kernel of."""
+    copy = layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, _OWN_KERNEL_TYPES):
+        # tfmot's own way to name a layer's prunable weights (its registry sets this attribute
+        # too); read when the wrapper is built, after the copy has its kernels.
+        copy.get_prunable_weights = lambda: kernels.kernel_weights(copy)
+    return copy
+
+
 def wrap(
     model: keras.Model, prune_config: PruneConfig, steps_per_epoch: int, epochs: int
 ) -> keras.Model:
-    """Wraps the model's Conv2D and Dense layers for magnitude pruning, keeping its weights.
+    """Wraps the model's kernel layers for magnitude pruning, keeping its weights.
 
-    Every other layer is copied as it is, because tfmot cannot wrap some of them (the `Rescaling`
-    input layer). Call it inside `strategy.scope()` when training distributed. Wrappers run in
-    float32 under every policy, so mixed precision never rounds the master kernels.
+    The kernel layers are Conv2D, DepthwiseConv2D, SeparableConv2D and Dense (every kernel of
+    each). Every other layer is copied as it is, because tfmot cannot wrap some of them (the
+    `Rescaling` input layer). Call it inside `strategy.scope()` when training distributed.
+    Wrappers run in float32 under every policy, so mixed precision never rounds the master
+    kernels. `skipped_layers` says which layers stay dense.
 
     With `m_by_n` = [m, n], tfmot sets the masks once, at step 1, to m zeros in every n input
     channels and ignores the sparsity schedule; layers whose input channels are not a multiple of
-    n (the first convolution on RGB) cannot hold that pattern and stay dense.
+    n (the first convolution on RGB) cannot hold that pattern and stay dense, as do depthwise
+    and separable convolutions.
 
     Args:
         model: A Functional model, freshly built or trained (its weights are kept).
@@ -129,27 +198,21 @@ def wrap(
         Train it with `callbacks(...)`.
 
     Raises:
-        UserError: On an `exclude` pattern that is invalid or matches no layer, when nothing is
-            left to prune, or when the schedule has no mask update.
+        UserError: On an `exclude` pattern that is invalid or matches no layer, a layer with
+            kernels tfmot cannot wrap, when nothing is left to prune, or when the schedule has
+            no mask update.
     """
     schedule = make_schedule(prune_config, steps_per_epoch, epochs)
     if schedule is None:
         return model
-    _check_exclude(model, prune_config.exclude)
+    skipped = skipped_layers(model, prune_config)
     m_by_n = tuple(prune_config.m_by_n) if prune_config.m_by_n else None
     copies: dict[str, keras.layers.Layer] = {}
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        copy = layer.__class__.from_config(layer.get_config())
-        prunable = isinstance(layer, PRUNABLE_LAYER_TYPES) and not _excluded(
-            layer.name, prune_config.exclude
-        )
-        # Conv2D kernels are [height, width, in, out], Dense kernels [in, out].
-        if prunable and m_by_n and int(layer.kernel.shape[-2]) % m_by_n[1] != 0:
-            prunable = False
-        if prunable:
+        if kernels.is_kernel_layer(layer) and layer.name not in skipped:
             copy = _sparsity.prune_low_magnitude(
-                copy,
+                _prunable_copy(layer),
                 pruning_schedule=schedule,
                 sparsity_m_by_n=m_by_n,
                 # The wrapper owns the mask update of the float32 master kernel, so it must run
@@ -160,13 +223,15 @@ def wrap(
                 # in float32 while the rest of the model (BN, ReLU, Add) stays in 16 bits.
                 dtype="float32",
             )
+        else:
+            copy = layer.__class__.from_config(layer.get_config())
         copies[layer.name] = copy
         return copy
 
     wrapped = keras.models.clone_model(model, clone_function=clone_layer)
     if not any(isinstance(layer, PruneLowMagnitude) for layer in wrapped.layers):
         raise UserError(
-            f"no Conv2D or Dense layer of {model.name} is left to prune; "
+            f"no {kernels.KERNEL_LAYER_NAMES} layer of {model.name} is left to prune; "
             "loosen prune.exclude (or prune.m_by_n)"
         )
     for layer in model.layers:
@@ -229,8 +294,9 @@ def sparsity_report(model: keras.Model) -> dict:
 
     Returns:
         `{"overall_sparsity", "total_params", "nonzero_params", "layers": {name: {"params",
-        "zeros", "sparsity"}}}`. `overall_sparsity` and `layers` cover the Conv2D/Dense kernels
-        (named by their layer, wrapped or not); `total_params`/`nonzero_params` count every weight
+        "zeros", "sparsity"}}}`. `overall_sparsity` and `layers` cover the kernels of the kernel
+        layers (see `compactcnn.kernels`; a SeparableConv2D's two kernels together), named by
+        their layer, wrapped or not; `total_params`/`nonzero_params` count every weight
         of the model except the wrappers' masks, thresholds and steps, so a wrapped model and its
         stripped copy report the same numbers. Plain ints and floats.
     """
@@ -245,14 +311,11 @@ def sparsity_report(model: keras.Model) -> dict:
     nonzero = sum(int(np.count_nonzero(value)) for value in values.values())
     per_layer = {}
     for layer in layers:
-        if isinstance(layer, PRUNABLE_LAYER_TYPES):
-            kernel = values[id(layer.kernel)]
-            zeros = int(kernel.size - np.count_nonzero(kernel))
-            per_layer[layer.name] = {
-                "params": int(kernel.size),
-                "zeros": zeros,
-                "sparsity": zeros / kernel.size,
-            }
+        if kernels.is_kernel_layer(layer):
+            arrays = [values[id(kernel)] for kernel in kernels.kernel_weights(layer)]
+            size = sum(int(array.size) for array in arrays)
+            zeros = size - sum(int(np.count_nonzero(array)) for array in arrays)
+            per_layer[layer.name] = {"params": size, "zeros": zeros, "sparsity": zeros / size}
     kernel_params = sum(entry["params"] for entry in per_layer.values())
     kernel_zeros = sum(entry["zeros"] for entry in per_layer.values())
     return {

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compactcnn import compat, files
+from compactcnn import compat, files, kernels
 from compactcnn.config import EXPORT_FORMATS, QuantizeConfig
 from compactcnn.errors import UserError
 
@@ -175,6 +175,33 @@ class _RescalingQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {}
 
 
+def check_qat(model: keras.Model) -> None:
+    """Checks, before anything is trained, that `prepare_qat` can quantize every layer.
+
+    Raises:
+        UserError: Naming the first layer tfmot's 8-bit scheme cannot quantize.
+    """
+    # Handled before tfmot's registry is asked: Rescaling by compactcnn's own quantize config;
+    # SeparableConv2D and BatchNormalization by tfmot's layout transforms (split into
+    # DepthwiseConv2D + Conv2D, and folded into the convolution before it).
+    handled_types = (
+        keras.layers.InputLayer,
+        keras.layers.Rescaling,
+        keras.layers.SeparableConv2D,
+        keras.layers.BatchNormalization,
+    )
+    for layer in model.layers:
+        handled = type(layer) in handled_types
+        if handled or compat.qat_supports(layer):
+            continue
+        unwrappable = kernels.unwrappable_reason(layer) or type(layer).__name__
+        raise UserError(
+            f"quantize.qat: tfmot cannot quantize layer '{layer.name}' ({unwrappable}); set "
+            "quantize.qat=false (post-training int8 converts it) or build the model from "
+            "layers tfmot quantizes"
+        )
+
+
 def prepare_qat(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
     """Builds the quantization-aware version of a float model, with its weights.
 
@@ -210,6 +237,34 @@ def prepare_qat(model: keras.Model, preserve_sparsity: bool) -> keras.Model:
     # white pixels would give the int8 file an input scale other than 1. Start at 0-255.
     compat.set_input_quantizer_range(qat_model, *PIXEL_RANGE)
     return qat_model
+
+
+class KeepZeros(keras.callbacks.Callback):
+    """Keeps the zeros of depthwise kernels through QAT, after every training step.
+
+    tfmot's prune-preserving scheme keeps the zeros of Conv2D and Dense kernels but not of
+    DepthwiseConv2D ones (nor the depthwise half of a SeparableConv2D, which its layout transform
+    turns into a DepthwiseConv2D): one epoch of QAT left none of them. This callback multiplies
+    those kernels by the masks they had when it was made, so the int8 file keeps every zero.
+
+    Args:
+        model: The model from `prepare_qat`, before fine-tuning.
+    """
+
+    def __init__(self, model: keras.Model):
+        super().__init__()
+        self.masks = []
+        # By variable name: the wrapper replaces the layer's `depthwise_kernel` attribute with
+        # its quantized tensor, but the variable keeps its name (`<layer>/depthwise_kernel:0`).
+        for kernel in model.weights:
+            if kernel.name.endswith("depthwise_kernel:0"):
+                mask = (kernel.numpy() != 0).astype(kernel.dtype.as_numpy_dtype)
+                if not mask.all():
+                    self.masks.append((kernel, mask))
+
+    def on_train_batch_end(self, batch, logs=None):
+        for kernel, mask in self.masks:
+            kernel.assign(kernel * mask)
 
 
 def quantize_scope():

@@ -11,6 +11,7 @@ the run finished and a re-run returns at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ from compactcnn import cluster, distribute, evaluate, files, ownership, prune, q
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
 from compactcnn.data import ImageData, cache_dir, load_data, pipeline
 from compactcnn.errors import UserError
-from compactcnn.models import create_model
+from compactcnn.models import ModelPlan, resolve
+from compactcnn.models.graph import with_policy
 
 # The reference batch of the linear learning-rate scaling rule: recipes quote rates for it.
 REFERENCE_BATCH = 128
@@ -57,7 +59,9 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
         float_model, qat_model = compress(config, training, metrics)
         if distribute.is_chief(training.strategy):
             metrics.update(
-                export_and_measure(config, training.data, float_model, qat_model, write_dir)
+                export_and_measure(
+                    config, training.data, float_model, qat_model, write_dir, plan=training.plan
+                )
             )
             files.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
             shutil.rmtree(run_dir / "backup", ignore_errors=True)
@@ -84,6 +88,9 @@ class Training:
         steps_per_epoch: Optimizer steps per epoch.
         global_batch: Images per step over all replicas.
         learning_rate: The peak rate, scaled for the global batch.
+        plan: What `model.name` points at, and the image size.
+        model_report: How the model was built (source, normalization, ...) and the layers the
+            compression stages leave alone (`skipped_layers`), for metrics.json.
     """
 
     strategy: tf.distribute.Strategy
@@ -97,6 +104,8 @@ class Training:
     steps_per_epoch: int
     global_batch: int
     learning_rate: float
+    plan: ModelPlan | None = None
+    model_report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def build_training(
@@ -107,7 +116,8 @@ def build_training(
     """Builds the strategy, data stream, model, pruning wrappers and optimizer of a run.
 
     Data, model and pruning errors are the commonest user mistakes: they all surface here, before
-    anything is written, so a rejected run leaves nothing behind.
+    anything is written, so a rejected run leaves nothing behind. That includes a layer that the
+    configured clustering or QAT (which run after training) could not wrap.
 
     Args:
         config: The resolved configuration.
@@ -126,7 +136,15 @@ def build_training(
     peak_lr = distribute.scaled_learning_rate(
         config.train.learning_rate, global_batch, REFERENCE_BATCH, config.train.scale_learning_rate
     )
-    data = data or load_data(config.data, seed=config.train.seed)
+    # The model decides the image size (its own input, or data.image_size), so it comes first.
+    plan = resolve(config.model, config.data)
+    sized = dataclasses.replace(config.data, image_size=list(plan.image_size))
+    data = data or load_data(sized, seed=config.train.seed)
+    if tuple(data.x_train.shape[1:3]) != plan.image_size:
+        raise UserError(
+            f"the images are {data.x_train.shape[1]}x{data.x_train.shape[2]}, but the model "
+            f"takes {plan.image_size[0]}x{plan.image_size[1]}; set data.image_size to match"
+        )
     steps_per_epoch = config.train.steps_per_epoch or len(data.x_train) // global_batch
     if steps_per_epoch < 1:
         raise UserError(
@@ -151,12 +169,11 @@ def build_training(
         validation_data = train.one_hot(validation, data.num_classes)
 
     with strategy.scope():
-        model = create_model(
-            config.model.name, data.num_classes, zero_init_residual=config.model.zero_init_residual
-        )
+        model, model_report = plan.build(data.num_classes, config.data.normalize, policy)
         if config.prune.from_run:
             # Fine-tuning: dense weights first, then the pruning wrappers, then a fresh optimizer.
             _load_pretrained(config.prune.from_run, model)
+        model_report["skipped_layers"] = skipped_layers(model, config)
         model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
         schedule = train.learning_rate_schedule(config.train, steps_per_epoch, peak_lr)
         train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
@@ -173,7 +190,33 @@ def build_training(
         steps_per_epoch=steps_per_epoch,
         global_batch=global_batch,
         learning_rate=peak_lr,
+        plan=plan,
+        model_report=model_report,
     )
+
+
+def skipped_layers(model: keras.Model, config: Config) -> dict[str, str]:
+    """The layers with weights that the configured compression leaves alone, and why.
+
+    Checks every configured stage before training, so a layer that clustering or QAT could not
+    wrap is a one-line error now rather than after training.
+
+    Returns:
+        {layer name: reasons, `; `-joined, each naming its stage}.
+
+    Raises:
+        UserError: On a layer with kernels tfmot cannot wrap for a configured stage.
+    """
+    reasons: dict[str, list[str]] = {}
+    stages = [prune.skipped_layers(model, config.prune)]
+    if config.quantize.weight_clusters:
+        stages.append(cluster.skipped_layers(model, config.quantize.weight_clusters))
+    if config.quantize.qat:
+        quantize.check_qat(model)
+    for stage in stages:
+        for name, reason in stage.items():
+            reasons.setdefault(name, []).append(reason)
+    return {name: "; ".join(found) for name, found in reasons.items()}
 
 
 def record_config(config: Config, training: Training, write_dir: Path) -> None:
@@ -187,6 +230,7 @@ def record_config(config: Config, training: Training, write_dir: Path) -> None:
             "learning_rate": training.learning_rate,
             "precision_policy": training.precision_policy,
             "precision_reason": training.precision_reason,
+            "image_size": _image_size(training),
         },
     )
     if config.prune.schedule != "none" and distribute.is_chief(training.strategy):
@@ -241,7 +285,9 @@ def fit(
             "learning_rate": training.learning_rate,
             "precision": training.precision_policy,
             "precision_reason": training.precision_reason,
+            "image_size": _image_size(training),
         },
+        "model": training.model_report,
         "train": _train_metrics(history, training, wall_seconds),
     }
     if config.prune.schedule != "none":
@@ -263,11 +309,11 @@ def compress(
     Returns:
         The float32 model every format but QAT int8 is exported from, and the QAT model or None.
     """
-    # Export in float32 whatever the training precision: rebuild the architecture under the
-    # float32 policy and copy the weights (converting bf16/fp16 layers needs Flex ops).
+    # Export in float32 whatever the training precision: rebuild the model with every layer
+    # under the float32 policy and copy the weights (converting bf16/fp16 layers needs Flex
+    # ops). Rebuilt from the model itself, so a user's model needs no builder.
     distribute.set_precision("float32")
-    float_model = create_model(config.model.name, training.data.num_classes)
-    _copy_weights(training.model, float_model)
+    float_model = with_policy(training.model, "float32")
     if config.quantize.weight_clusters:
         float_model = _cluster_finetune(float_model, config, training)
         metrics["clustering"] = {
@@ -298,8 +344,17 @@ def export_and_measure(
     float_model: keras.Model,
     qat_model: keras.Model | None,
     write_dir: Path,
+    plan: ModelPlan | None = None,
 ) -> dict[str, Any]:
     """Saves model.keras, exports every format, and measures each file on the test set.
+
+    Args:
+        config: The resolved configuration.
+        data: The run's images.
+        float_model: The float32 model to export.
+        qat_model: The QAT model the int8 file comes from, or None.
+        write_dir: The run directory (of this worker).
+        plan: What `model.name` points at (resolved again from the config when None).
 
     Returns:
         `keras` (the float model's test metrics), `tflite` (per format) and `baseline` (the
@@ -327,7 +382,8 @@ def export_and_measure(
             quantize.export(qat_model, config.quantize, calibration, tflite_dir, formats=["int8"])
         )
 
-    baseline = _dense_float32_sizes(config.model.name, data.num_classes)
+    plan = plan or resolve(config.model, config.data)
+    baseline = _dense_float32_sizes(plan, float_model, data.num_classes)
     results = {}
     for name in quantize_order(exported):
         print(f"evaluating {name}.tflite on {len(data.x_test)} test images")
@@ -399,6 +455,11 @@ def _copy_weights(source, target) -> None:
     target.set_weights(source.get_weights())
 
 
+def _image_size(training: Training) -> list[int]:
+    """(height, width) of the run's images."""
+    return [int(side) for side in training.data.x_train.shape[1:3]]
+
+
 def _train_metrics(history, training: Training, wall_seconds: float) -> dict[str, Any]:
     seconds = sum(float(row.get("epoch_seconds") or 0.0) for row in history) or wall_seconds
     images = len(history) * training.steps_per_epoch * training.global_batch
@@ -434,32 +495,54 @@ def _quantization_aware_finetune(float_model, config: Config, training: Training
     with training.strategy.scope():
         pruned = config.prune.schedule != "none"
         qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
+    # tfmot's prune-preserving QAT keeps every zero but those of depthwise kernels.
+    callbacks = [quantize.KeepZeros(qat_model)] if pruned else []
     _finetune(
-        qat_model, config, training, config.quantize.qat_learning_rate, config.quantize.qat_epochs
+        qat_model,
+        config,
+        training,
+        config.quantize.qat_learning_rate,
+        config.quantize.qat_epochs,
+        callbacks,
     )
     return qat_model
 
 
-def _finetune(model, config: Config, training: Training, learning_rate: float, epochs: int):
+def _finetune(
+    model,
+    config: Config,
+    training: Training,
+    learning_rate: float,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+):
     """A short fine-tune at a constant rate, with the run's optimizer, decay and loss."""
     with training.strategy.scope():
         optimizer = train.build_optimizer(config.train, learning_rate)
         train.compile_model(model, config.train, optimizer)
     model.fit(
-        training.train_data, epochs=epochs, steps_per_epoch=training.steps_per_epoch, verbose=2
+        training.train_data,
+        epochs=epochs,
+        steps_per_epoch=training.steps_per_epoch,
+        callbacks=callbacks or [],
+        verbose=2,
     )
 
 
-def _dense_float32_sizes(model_name: str, num_classes: int) -> dict[str, int]:
+def _dense_float32_sizes(
+    plan: ModelPlan, float_model: keras.Model, num_classes: int
+) -> dict[str, int]:
     """Sizes of the dense float32 .tflite of this architecture: the compression baseline.
 
     Converting it costs as much as a short training run, so the sizes are cached per
-    architecture and TensorFlow version under $COMPACTCNN_DATA.
+    architecture (a registered model's name, classes, size and width; a digest of a user
+    model's architecture) and TensorFlow version under $COMPACTCNN_DATA.
     """
-    cache = cache_dir() / "baselines" / f"{model_name}-{num_classes}-tf{tf.__version__}.json"
+    key = plan.baseline_key(float_model, num_classes)
+    cache = cache_dir() / "baselines" / f"{key}-tf{tf.__version__}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    dense = create_model(model_name, num_classes)
+    dense = plan.dense_baseline(float_model, num_classes)
     with tempfile.TemporaryDirectory() as folder:
         exported = quantize.export(dense, QuantizeConfig(), None, Path(folder), formats=["float32"])
         sizes = evaluate.file_sizes(exported["float32"])

@@ -3,6 +3,7 @@
 Pool 0 is the chief (one replica), pool 1 holds the other N-1 workers. Vertex AI sets
 `CLUSTER_SPEC` on every replica, which `compactcnn.distribute` turns into a `TF_CONFIG`, so the
 same config trains on one machine or many. Needs the optional extra: `pip install .[vertex]`.
+(`vertex tune`, a hyper-parameter tuning job from a tuning study, is in `vertex_tuning`.)
 
 The config file must exist inside the container: either bake it into the image (the Dockerfile
 copies `configs/`, so `configs/quickstart.yaml` works) or pass a `gs://bucket/path.yaml`, which is
@@ -91,6 +92,40 @@ def build_custom_job(
         UserError: On a bad replica or accelerator count, an unknown accelerator name, a missing
             image, or anything else the CustomJob message rejects.
     """
+    pools = worker_pool_specs(
+        replicas,
+        machine_type,
+        accelerator_type,
+        accelerator_count,
+        image,
+        ["run", container_path(config_path), *extra_args],
+    )
+    stem = config_path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    job = {
+        "display_name": display_name or f"compactcnn-{stem}",
+        "job_spec": {"worker_pool_specs": pools},
+    }
+    validate_custom_job(job)
+    return job
+
+
+def worker_pool_specs(
+    replicas: int,
+    machine_type: str,
+    accelerator_type: str | int | None,
+    accelerator_count: int,
+    image: str,
+    args: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The worker pools of a job on `replicas` machines running `compactcnn ARGS`.
+
+    Pool 0 is the chief (one replica), pool 1 the other `replicas - 1` workers (absent for one
+    replica). A CustomJob and each trial of a HyperparameterTuningJob use the same pools.
+
+    Raises:
+        UserError: On a bad replica or accelerator count, an unknown accelerator name, or a
+            missing image or machine type.
+    """
     if replicas < 1:
         raise UserError(f"--replicas must be at least 1, got {replicas}")
     if accelerator_count < 0:
@@ -107,11 +142,7 @@ def build_custom_job(
     if accelerator_count > 0:
         machine_spec["accelerator_type"] = _accelerator_name(accelerator_type)
         machine_spec["accelerator_count"] = accelerator_count
-    container_spec = {
-        "image_uri": image,
-        "command": ["compactcnn"],
-        "args": ["run", container_path(config_path), *extra_args],
-    }
+    container_spec = {"image_uri": image, "command": ["compactcnn"], "args": list(args)}
 
     def pool(replica_count: int) -> dict[str, Any]:
         # Separate copies, so editing one pool of the returned dict never changes the other.
@@ -126,13 +157,7 @@ def build_custom_job(
     pools = [pool(1)]
     if replicas > 1:
         pools.append(pool(replicas - 1))
-    stem = config_path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    job = {
-        "display_name": display_name or f"compactcnn-{stem}",
-        "job_spec": {"worker_pool_specs": pools},
-    }
-    validate_custom_job(job)
-    return job
+    return pools
 
 
 def validate_custom_job(job: dict[str, Any]) -> None:
@@ -188,12 +213,7 @@ def add_vertex_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     submit_parser.add_argument(
         "config", help="config path inside the image (configs/...) or gs://bucket/config.yaml"
     )
-    submit_parser.add_argument("--replicas", type=int, default=1, help="machines (default 1)")
-    submit_parser.add_argument("--machine-type", default="n1-standard-8")
-    submit_parser.add_argument("--accelerator-type", default=None, help="e.g. NVIDIA_TESLA_T4")
-    submit_parser.add_argument("--accelerator-count", type=int, default=0)
-    submit_parser.add_argument("--image", required=True, help="training image URI")
-    submit_parser.add_argument("--display-name", default=None)
+    add_machine_arguments(submit_parser)
     submit_parser.add_argument(
         "--out", default=None, help="run directory for `run --out`; gs:// maps to /gcs/"
     )
@@ -210,7 +230,21 @@ def add_vertex_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     submit_parser.add_argument("--region", default=None)
     submit_parser.add_argument("--staging-bucket", default=None, help="gs://bucket")
     submit_parser.set_defaults(func=_submit_command)
+
+    from compactcnn.vertex_tuning import add_tuning_parsers  # Its own module: tuning jobs.
+
+    add_tuning_parsers(actions)
     return vertex_parser
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The machine, accelerator and image options that `submit` and `tune` share."""
+    parser.add_argument("--replicas", type=int, default=1, help="machines (default 1)")
+    parser.add_argument("--machine-type", default="n1-standard-8")
+    parser.add_argument("--accelerator-type", default=None, help="e.g. NVIDIA_TESLA_T4")
+    parser.add_argument("--accelerator-count", type=int, default=0)
+    parser.add_argument("--image", required=True, help="training image URI")
+    parser.add_argument("--display-name", default=None)
 
 
 def _submit_command(args: argparse.Namespace) -> int:
@@ -240,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the `vertex` command on its own: `python -m compactcnn.vertex submit CONFIG ...`."""
     parser = argparse.ArgumentParser(prog="compactcnn")
     add_vertex_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["vertex", *(sys.argv[1:] if argv is None else argv)])
+    from compactcnn.cli import parse_arguments
+
+    args = parse_arguments(parser, ["vertex", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except UserError as error:

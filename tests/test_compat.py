@@ -72,3 +72,10 @@ def test_backup_hook_is_the_method_keras_backs_up_through(tmp_path):
     # Steps 0-3, a backup every 2: the one at the epoch's last step is deferred to its end.
     assert calls == [(0, 1), (0, 3)]
     assert (tmp_path / "backup").exists()
+
+
+def test_qat_support_is_the_default_8bit_registry_answer():
+    assert compat.qat_supports(keras.layers.Conv2D(2, 3))
+    assert compat.qat_supports(keras.layers.DepthwiseConv2D(3))
+    assert not compat.qat_supports(keras.layers.PReLU())
+    assert not compat.qat_supports(keras.layers.Multiply())

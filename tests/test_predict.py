@@ -58,3 +58,14 @@ def test_format_table_aligns_long_class_names():
     assert lines[2].split() == ["1", "a_rather_long_name", "91.23%"]
     assert lines[3].split() == ["2", "cat", "5.00%"]
     assert len({len(line) for line in lines[1:]}) == 1  # columns line up
+
+
+def test_predict_resizes_images_to_the_models_own_input(tmp_path):
+    from compactcnn.predict import predict_files
+
+    model = tmp_path / "model.keras"
+    build_tiny_model(num_classes=len(CLASSES), size=24).save(model)
+    picture = tmp_path / "wide.png"
+    Image.fromarray(np.full((30, 90, 3), (40, 200, 40), np.uint8)).save(picture)
+    (result,) = predict_files(model, [picture])
+    assert len(result["top"]) == len(CLASSES)

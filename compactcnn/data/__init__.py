@@ -1,7 +1,9 @@
 """Image sources behind one call: `load_data(config) -> ImageData`.
 
-Every source returns raw RGB uint8 images (N, 32, 32, 3) and int32 labels. This module then applies
-what is common to all of them: the seeded validation hold-out and the train/test limits. Sources
+Every source returns raw RGB uint8 images (N, H, W, 3) and int32 labels, at `data.image_size`
+(default 32x32) when it can decode to any size. This module then applies what is common to all of
+them: bringing fixed-size sources (CIFAR) to the size, the seeded validation hold-out and the
+train/test limits. Sources
 register by name with `@register_source` (see `list_sources()`); the built-in ones import their
 modules on demand, so `import compactcnn.data` stays light and does not load TensorFlow.
 """
@@ -20,6 +22,7 @@ from compactcnn.data import sources  # noqa: F401  (registers the built-in sourc
 from compactcnn.data.registry import get_source, list_sources, register_source
 from compactcnn.errors import UserError
 
+# The default image shape: the CIFAR sources' own, and the built-in ResNets' input.
 IMAGE_SHAPE = (32, 32, 3)
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "cache_dir",
     "empty_images",
     "get_source",
+    "image_size",
     "list_sources",
     "load_data",
     "register_source",
@@ -40,9 +44,9 @@ class ImageData:
     """Decoded images and labels of one source, split into train, validation and test.
 
     Attributes:
-        x_train: uint8 (N, 32, 32, 3) training images.
+        x_train: uint8 (N, H, W, 3) training images.
         y_train: int32 (N,) training labels.
-        x_val: uint8 validation images, shape (0, 32, 32, 3) when there is no validation set.
+        x_val: uint8 validation images, shape (0, H, W, 3) when there is no validation set.
         y_val: int32 validation labels, shape (0,) when there is no validation set.
         x_test: uint8 test images.
         y_test: int32 test labels.
@@ -63,9 +67,18 @@ class ImageData:
         return len(self.class_names)
 
 
-def empty_images() -> tuple[np.ndarray, np.ndarray]:
-    """Returns empty (images, labels) arrays with the right dtypes and shapes."""
-    return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int32)
+def empty_images(size: tuple[int, int] = IMAGE_SHAPE[:2]) -> tuple[np.ndarray, np.ndarray]:
+    """Returns empty (images, labels) arrays with the right dtypes and shapes.
+
+    Args:
+        size: The (height, width) of the images that are not there.
+    """
+    return np.zeros((0, *size, IMAGE_SHAPE[2]), np.uint8), np.zeros((0,), np.int32)
+
+
+def image_size(config: DataConfig) -> tuple[int, int]:
+    """The (height, width) images are loaded at: `data.image_size`, or the default 32x32."""
+    return tuple(config.image_size) if config.image_size else IMAGE_SHAPE[:2]
 
 
 def cache_dir() -> Path:
@@ -76,8 +89,9 @@ def cache_dir() -> Path:
 def load_data(config: DataConfig, seed: int = 0) -> ImageData:
     """Loads the configured source and applies the validation hold-out and the limits.
 
-    The validation images are held out of the full training set first (stratified, seeded), then
-    `train_limit` and `test_limit` keep a stratified seeded subset of what remains.
+    Images of a fixed-size source (CIFAR) are first brought to `data.image_size` as `data.resize`
+    says. The validation images are held out of the full training set next (stratified,
+    seeded), then `train_limit` and `test_limit` keep a stratified seeded subset of what remains.
 
     Args:
         config: The `data` section of the run config.
@@ -88,11 +102,20 @@ def load_data(config: DataConfig, seed: int = 0) -> ImageData:
 
     Raises:
         UserError: When `config.name` is not a registered source, the source is missing or
-            corrupt, or `validation_size` leaves no training images.
+            corrupt, an image has another size and `data.resize` is `reject`, or
+            `validation_size` leaves no training images.
     """
+    from compactcnn.data import resize  # here: it loads Pillow, which most callers never need
+
     data = _load_source(config, seed)
+    size = image_size(config)
+    data = dataclasses.replace(
+        data,
+        x_train=resize.fit_arrays(data.x_train, size, config.resize, config.name),
+        x_test=resize.fit_arrays(data.x_test, size, config.resize, config.name),
+    )
     generator = np.random.default_rng(seed)
-    x_val, y_val = empty_images()
+    x_val, y_val = empty_images(size)
     x_train, y_train = data.x_train, data.y_train
     if config.validation_size:
         if config.validation_size >= len(y_train):

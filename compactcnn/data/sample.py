@@ -17,16 +17,21 @@ from collections import Counter
 from pathlib import Path
 
 from compactcnn import files
-from compactcnn.data import ImageData, imagefolder
+from compactcnn.data import IMAGE_SHAPE, ImageData, imagefolder
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "cifar10-sample.tar.gz"
 PER_CLASS = {"train": 50, "test": 20}
 
 
-def load() -> ImageData:
-    """Loads the bundled sample (500 train and 200 test images, 10 CIFAR-10 classes)."""
+def load(size: tuple[int, int] = IMAGE_SHAPE[:2], resize_mode: str = "bilinear") -> ImageData:
+    """Loads the bundled sample (500 train and 200 test images, 10 CIFAR-10 classes).
+
+    Args:
+        size: The (height, width) to bring the 32x32 images to.
+        resize_mode: `bilinear`, `crop` or `reject` (see `compactcnn.data.resize`).
+    """
     # Decoding 700 tiny JPEGs takes milliseconds, so a cache would only cost disk space.
-    return imagefolder.load(SAMPLE_PATH, use_cache=False)
+    return imagefolder.load(SAMPLE_PATH, use_cache=False, size=size, resize_mode=resize_mode)
 
 
 def build_sample(

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from compactcnn.data import ImageData
 
 
+def image_size(config: DataConfig) -> tuple[int, int]:
+    """The (height, width) to load at (`compactcnn.data.image_size`, imported on demand)."""
+    from compactcnn.data import image_size as size_of
+
+    return size_of(config)
+
+
 @register_source
 def cifar10(config: DataConfig, seed: int) -> ImageData:
     """CIFAR-10, official binary format: `data.path` or a one-time checked download."""
@@ -43,7 +50,7 @@ def imagefolder(config: DataConfig, seed: int) -> ImageData:
 
     if not config.path:
         raise UserError("data.name 'imagefolder' needs data.path: a folder or .tar.gz with train/")
-    return module.load(config.path)
+    return module.load(config.path, size=image_size(config), resize_mode=config.resize)
 
 
 @register_source
@@ -51,7 +58,7 @@ def sample(config: DataConfig, seed: int) -> ImageData:
     """The bundled CIFAR-10 sample (500 train, 200 test images), for offline quickstarts."""
     from compactcnn.data import sample as module
 
-    return module.load()
+    return module.load(size=image_size(config), resize_mode=config.resize)
 
 
 @register_source
@@ -59,4 +66,4 @@ def synthetic(config: DataConfig, seed: int) -> ImageData:
     """Seeded generated images (`data.synthetic_size`, `data.synthetic_classes`), for tests."""
     from compactcnn.data import synthetic as module
 
-    return module.load(config.synthetic_size, config.synthetic_classes, seed)
+    return module.load(config.synthetic_size, config.synthetic_classes, seed, image_size(config))

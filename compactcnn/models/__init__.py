@@ -1,6 +1,7 @@
-"""Model registry and the CIFAR ResNets it holds."""
+"""Model registry, the built-in models, and models the user brings (`model.name`)."""
 
-from compactcnn.models import resnet  # noqa: F401  (registers the ResNets)
+from compactcnn.models import mobilenet, resnet, resnet_tiny  # noqa: F401  (register the models)
 from compactcnn.models.registry import create_model, list_models, register_model
+from compactcnn.models.source import ModelPlan, resolve
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["ModelPlan", "create_model", "list_models", "register_model", "resolve"]

@@ -1,10 +1,15 @@
 """A name -> builder registry, so configs and the CLI can name architectures as strings."""
 
+import inspect
 from collections.abc import Callable
 
 import tf_keras as keras
 
+from compactcnn.errors import UserError
 from compactcnn.registry import Registry
+
+# The input of a builder that does not say otherwise: CIFAR's.
+DEFAULT_INPUT_SHAPE = (32, 32, 3)
 
 ModelBuilder = Callable[..., keras.Model]
 _MODELS: Registry[ModelBuilder] = Registry("model")
@@ -26,19 +31,52 @@ def list_models() -> list[str]:
     return _MODELS.names()
 
 
-def create_model(name: str, num_classes: int, **kwargs) -> keras.Model:
+def is_registered(name: str) -> bool:
+    """Whether `name` is a registered model."""
+    return name in _MODELS.names()
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """The input shape a registered model is built for when the config names none.
+
+    Raises:
+        UserError: When `name` is not registered.
+    """
+    parameter = inspect.signature(_MODELS.get(name)).parameters.get("input_shape")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return DEFAULT_INPUT_SHAPE
+    return tuple(parameter.default)
+
+
+def create_model(
+    name: str, num_classes: int, input_shape: tuple[int, int, int] | None = None, **options
+) -> keras.Model:
     """Builds a registered model.
 
     Args:
         name: A registered name, e.g. `resnet20`.
         num_classes: Size of the classifier output.
-        **kwargs: Passed to the builder.
+        input_shape: (height, width, 3); None means the model's default (`default_input_shape`).
+        **options: Model options from the config (`zero_init_residual`, `width`); None means
+            the builder's default and is not passed.
 
     Returns:
-        A Functional Keras model that takes raw RGB pixels 0-255, NHWC 32x32x3, and returns
-        class probabilities.
+        A Functional Keras model that takes raw RGB pixels 0-255, NHWC, and returns class
+        probabilities.
 
     Raises:
-        UserError: When `name` is not registered.
+        UserError: When `name` is not registered, or an option is set that it does not take.
     """
-    return _MODELS.get(name)(num_classes=num_classes, **kwargs)
+    builder = _MODELS.get(name)
+    accepted = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    given = {key: value for key, value in options.items() if value is not None}
+    for key, value in given.items():
+        if key not in accepted and not takes_any and value is not False:
+            raise UserError(
+                f"model '{name}' has no option model.{key}; remove it (it applies to other "
+                "built-in models)"
+            )
+    given = {key: value for key, value in given.items() if key in accepted or takes_any}
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(name)
+    return builder(num_classes=num_classes, input_shape=shape, **given)

@@ -86,30 +86,50 @@ def cifar_resnet(
 
 
 @register_model
-def resnet20(**kwargs) -> keras.Model:
+def resnet20(
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
+) -> keras.Model:
     """ResNet-20 (about 0.27M parameters)."""
-    return cifar_resnet(20, **kwargs)
+    return cifar_resnet(20, num_classes, input_shape, zero_init_residual)
 
 
 @register_model
-def resnet32(**kwargs) -> keras.Model:
+def resnet32(
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
+) -> keras.Model:
     """ResNet-32 (about 0.46M parameters)."""
-    return cifar_resnet(32, **kwargs)
+    return cifar_resnet(32, num_classes, input_shape, zero_init_residual)
 
 
 @register_model
-def resnet44(**kwargs) -> keras.Model:
+def resnet44(
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
+) -> keras.Model:
     """ResNet-44 (about 0.66M parameters)."""
-    return cifar_resnet(44, **kwargs)
+    return cifar_resnet(44, num_classes, input_shape, zero_init_residual)
 
 
 @register_model
-def resnet56(**kwargs) -> keras.Model:
+def resnet56(
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
+) -> keras.Model:
     """ResNet-56 (about 0.85M parameters)."""
-    return cifar_resnet(56, **kwargs)
+    return cifar_resnet(56, num_classes, input_shape, zero_init_residual)
 
 
 @register_model
-def resnet110(**kwargs) -> keras.Model:
+def resnet110(
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    zero_init_residual: bool = False,
+) -> keras.Model:
     """ResNet-110 (about 1.7M parameters)."""
-    return cifar_resnet(110, **kwargs)
+    return cifar_resnet(110, num_classes, input_shape, zero_init_residual)

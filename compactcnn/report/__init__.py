@@ -1,9 +1,10 @@
 """Sweep results -> report.md, a self-contained report.html, charts and the best model.
 
 The report reads `DIR/results.json` (written by `compactcnn.sweep`) and, for the curves, each
-run's history.csv, pruning_schedule.csv and metrics.json. It is built once as a list of typed
-pieces (`Heading`, `Paragraph`, `Callout`, `Table`, `Figure`) and rendered twice, as Markdown
-and as HTML with the PNG charts embedded as data URIs, so the two never disagree.
+run's history.csv, pruning_schedule.csv and metrics.json. A tuning folder (`compactcnn tune`)
+gives the same rows from its Optuna storage instead, plus a Tuning section. It is built once as
+a list of typed pieces (`Heading`, `Paragraph`, `Callout`, `Table`, `Figure`) and rendered twice,
+as Markdown and as HTML with the PNG charts embedded as data URIs, so the two never disagree.
 
 This module is the package's public face; the modules behind it are:
 
@@ -15,6 +16,8 @@ This module is the package's public face; the modules behind it are:
 - `best`, `model_card`: the best/ folder and its model card.
 - `pieces`, `render`: the report's pieces, rendered as Markdown and HTML.
 - `document`: the sections in order, and `write_report`.
+- `tuning`, `tuning_charts`: a tuning folder's rows, its trials' Pareto front and Optuna's charts
+  (imported only for tuning folders: they load Optuna).
 """
 
 from compactcnn.report import comparisons, results

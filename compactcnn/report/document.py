@@ -25,6 +25,9 @@ from compactcnn.report.results import Row, load_results
 from compactcnn.report.selection import choose_best
 from compactcnn.report.tables import files_table, pareto_table, runs_table
 
+# Written by `compactcnn tune`: the folder is a tuning study's, its rows come from the storage.
+TUNE_FILE = "tune.yaml"
+
 
 def _study_sentence(sweep_dir: Path) -> str:
     """What the study varies, from the study.yaml the sweep copied; '' when unreadable."""
@@ -50,14 +53,17 @@ def _study_sentence(sweep_dir: Path) -> str:
     )
 
 
-def _intro_pieces(sweep_dir: Path, rows: Sequence[Row]) -> list[Piece]:
+def _intro_pieces(sweep_dir: Path, rows: Sequence[Row], kind: str = "Sweep") -> list[Piece]:
     """What was swept, how to read the numbers, and the state of the runs."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("finished", "failed", "pending")}
+    # Tuning adds `pruned` and `running` trials; they are counted after the usual three.
+    for status in [str(row.get("status")) for row in rows]:
+        counts.setdefault(status, sum(str(r.get("status")) == status for r in rows))
     state = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
     if counts["failed"]:
         state += " (the Runs table shows each failure's last error line)"
     return [
-        Heading(f"Sweep report: {sweep_dir.name}", level=1),
+        Heading(f"{kind} report: {sweep_dir.name}", level=1),
         Paragraph(
             f"{_study_sentence(sweep_dir)}Each run trains a model, prunes it, exports TFLite files "
             f"and measures every file on the test split. Runs: {len(rows)} in all, {state}."
@@ -77,14 +83,18 @@ def write_report(
     max_bytes: float | None = None,
     max_latency_ms: float | None = None,
     metric: str = "tflite.int8.accuracy",
+    storage: str | None = None,
 ) -> Path:
-    """Writes report.md, report.html, charts/*.png and best/ for a sweep directory.
+    """Writes report.md, report.html, charts/*.png and best/ for a sweep or tuning directory.
 
     Args:
-        sweep_dir: A directory written by `compactcnn.sweep.run_sweep`.
-        max_bytes: Largest allowed file size in bytes of the metric's format.
+        sweep_dir: A directory written by `compactcnn.sweep.run_sweep` or by
+            `compactcnn.tuning.run_tuning` (its trials are read from the study's storage).
+        max_bytes: Largest allowed file size in bytes of the metric's format; for a tuning
+            study whose file sets `max_bytes`, that budget when None.
         max_latency_ms: Largest allowed latency of the metric's format.
         metric: `tflite.<format>.<field>` to maximize when choosing the best model.
+        storage: A tuning study's storage URL, when tune.yaml hides its password.
 
     Returns:
         The path of report.md.
@@ -94,16 +104,24 @@ def write_report(
             budgets (nothing is written then).
     """
     sweep_dir = Path(sweep_dir)
-    rows = load_results(sweep_dir)
+    tuning = None
+    if (sweep_dir / TUNE_FILE).is_file():
+        from compactcnn.report import tuning as tuning_report  # Loads Optuna: tuning folders only.
+
+        tuning = tuning_report.load_tuning(sweep_dir, storage)
+        if max_bytes is None:
+            max_bytes = tuning.study.max_bytes  # The study's own budget.
+    rows = tuning.rows if tuning else load_results(sweep_dir)
     budgets = {"max_bytes": max_bytes, "max_latency_ms": max_latency_ms}
     # Chosen first: when nothing fits, the user error comes before any file is touched.
     best = choose_best(rows, metric, max_bytes, max_latency_ms)
     charts = write_charts(sweep_dir, rows)
     pieces: list[Piece] = [
-        *_intro_pieces(sweep_dir, rows),
+        *_intro_pieces(sweep_dir, rows, "Tuning" if tuning else "Sweep"),
         Heading("Best model"),
         *best_pieces(rows, best, metric, budgets),
         *write_best(sweep_dir, best, metric, budgets),
+        *(tuning_report.tuning_pieces(sweep_dir, tuning) if tuning else []),
         Heading("Runs"),
         Paragraph("One row per run; the setting columns are the values the study varies."),
         runs_table(rows, metric),

@@ -88,6 +88,9 @@ def config_value(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list):
         return ", ".join(config_value(item) for item in value) or MISSING
+    if isinstance(value, float) and len(str(value)) > 8:
+        # A tuner's 0.6292881023563949: a reader writes 0.6293.
+        return f"{value:.4g}"
     return text(value)
 
 
