@@ -424,6 +424,46 @@ def read_yaml(path: Path, kind: str) -> Any:
         raise UserError(f"{kind} '{path}' is not valid YAML: {first_line}") from None
 
 
+def read_study_file(
+    study_path: Path,
+    valid_keys: tuple[str, ...],
+    kind: str,
+    hints: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """Reads what sweep and tuning study files share: the keys, `base` and `set`.
+
+    Args:
+        study_path: The study YAML.
+        valid_keys: The keys this kind of study accepts.
+        kind: "study" or "tuning study", for messages.
+        hints: Unknown key -> text appended to its error (e.g. where that key belongs instead).
+
+    Returns:
+        (the whole mapping, the absolute base config path, the `set:` overrides).
+
+    Raises:
+        UserError: On a missing or malformed file, an unknown key, or a missing base config.
+    """
+    study = read_yaml(study_path, "study file")
+    if not isinstance(study, dict):
+        raise UserError(f"study file '{study_path}' must be a mapping with 'base' and more keys")
+    unknown = sorted(set(study) - set(valid_keys))
+    if unknown:
+        raise UserError(
+            f"unknown {kind} key '{unknown[0]}' in '{study_path}'; "
+            f"valid keys: {', '.join(valid_keys)}{(hints or {}).get(unknown[0], '')}"
+        )
+    if not isinstance(study.get("base"), str):
+        raise UserError(f"study '{study_path}' needs 'base: <config.yaml>' (relative to the study)")
+    base = (study_path.parent / study["base"]).resolve()
+    if not base.is_file():
+        raise UserError(f"study base config '{base}' not found; fix 'base' in '{study_path}'")
+    fixed = study.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise UserError(f"study key 'set' must map config keys to values, got {fixed!r}")
+    return study, base, fixed
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
     """Loads a YAML config file (or the defaults when `path` is None) and applies overrides.
 

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from compactcnn import files, ownership
-from compactcnn.config import load_config, read_yaml
+from compactcnn.config import load_config, read_study_file
 from compactcnn.errors import UserError
 
 STUDY_KEYS = ("base", "description", "grid", "sample", "seed", "set")
@@ -201,23 +201,7 @@ def load_study(study_path: str | os.PathLike) -> Study:
             point whose config is invalid (unknown key, bad value).
     """
     study_path = Path(study_path)
-    study = read_yaml(study_path, "study file")
-    if not isinstance(study, dict):
-        raise UserError(f"study file '{study_path}' must be a mapping with 'base' and 'grid'")
-    unknown = sorted(set(study) - set(STUDY_KEYS))
-    if unknown:
-        raise UserError(
-            f"unknown study key '{unknown[0]}' in '{study_path}'; "
-            f"valid keys: {', '.join(STUDY_KEYS)}"
-        )
-    if not isinstance(study.get("base"), str):
-        raise UserError(f"study '{study_path}' needs 'base: <config.yaml>' (relative to the study)")
-    base = (study_path.parent / study["base"]).resolve()
-    if not base.is_file():
-        raise UserError(f"study base config '{base}' not found; fix 'base' in '{study_path}'")
-    fixed = study.get("set") or {}
-    if not isinstance(fixed, dict):
-        raise UserError(f"study key 'set' must map config keys to values, got {fixed!r}")
+    study, base, fixed = read_study_file(study_path, STUDY_KEYS, "study")
     grid = study.get("grid")
     if not isinstance(grid, dict) or not grid:
         raise UserError(

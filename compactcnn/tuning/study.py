@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compactcnn.config import EXPORT_FORMATS, Config, load_config, read_yaml, to_dict
+from compactcnn.config import EXPORT_FORMATS, Config, load_config, read_study_file, to_dict
 from compactcnn.errors import UserError
 
 STUDY_KEYS = (
@@ -279,24 +279,8 @@ def load_tuning_study(study_path: str | os.PathLike) -> TuningStudy:
             sampler, pruner or trial count.
     """
     study_path = Path(study_path)
-    study = read_yaml(study_path, "study file")
-    if not isinstance(study, dict):
-        raise UserError(f"study file '{study_path}' must be a mapping with 'base' and 'space'")
-    unknown = sorted(set(study) - set(STUDY_KEYS))
-    if unknown:
-        hint = "; `compactcnn sweep` runs grids" if "grid" in unknown else ""
-        raise UserError(
-            f"unknown tuning study key '{unknown[0]}' in '{study_path}'; "
-            f"valid keys: {', '.join(STUDY_KEYS)}{hint}"
-        )
-    if not isinstance(study.get("base"), str):
-        raise UserError(f"study '{study_path}' needs 'base: <config.yaml>' (relative to the study)")
-    base = (study_path.parent / study["base"]).resolve()
-    if not base.is_file():
-        raise UserError(f"study base config '{base}' not found; fix 'base' in '{study_path}'")
-    fixed = study.get("set") or {}
-    if not isinstance(fixed, dict):
-        raise UserError(f"study key 'set' must map config keys to values, got {fixed!r}")
+    hints = {"grid": "; `compactcnn sweep` runs grids"}
+    study, base, fixed = read_study_file(study_path, STUDY_KEYS, "tuning study", hints)
     space_entries = study.get("space")
     if not isinstance(space_entries, dict) or not space_entries:
         raise UserError(
