@@ -156,6 +156,8 @@ def test_mirrored_run_has_two_replicas_global_batch_and_scaled_rate(mirrored_run
         "global_batch_size": 32,
         "learning_rate": pytest.approx(0.025),
         "precision_policy": "float32",
+        "precision_reason": "set in the config",
+        "image_size": [32, 32],
     }
     assert metrics["run"]["learning_rate"] == pytest.approx(0.025)
     assert "Epoch 3/3" in stdout
