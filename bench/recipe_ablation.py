@@ -5,7 +5,9 @@ of bench/configs/recipe_before.yaml (the recipe shipped before this ablation, ev
 out) with one change, plus the plain tf_keras baselines of bench/baseline.py trained for the same
 epochs. The test accuracy is that of the exported float32 `.tflite` on the 10,000 test images.
 Rows run in the order below and are cached in `--cache-dir`, so an interrupted ablation resumes
-where it stopped, and the results JSON is rewritten after every row.
+where it stopped, and the results JSON is rewritten after every row. A row already in the
+committed results JSON (same epochs, seed and overrides) is taken from there, so an ablation can
+span machines whose cache folders are gone.
 
     python -m bench.recipe_ablation                    # ~12 min per row on 2 cores
     python -m bench.recipe_ablation --rows default,wd_gradient_5e-4
@@ -16,6 +18,8 @@ where it stopped, and the results JSON is rewritten after every row.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from bench import common, runs
 
@@ -74,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown row(s) {unknown}; choose from {[*BASELINES, *table]}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     recorder = common.Recorder(NAME, argv, settings=dict(vars(args)))
-    results: list[dict] = []
+    finished = _finished_rows(args)
+    wanted = {(name, seed) for name in rows_wanted for seed in seeds}
+    # Earlier rows this call does not redo stay in the file.
+    results: list[dict] = [row for key, row in finished.items() if key[:2] not in wanted]
     for seed in seeds:
         for name in rows_wanted:
-            results.append(_measure(recorder, args, name, table, seed))
+            key = (name, seed, _overrides(args, name, table, seed))
+            results.append(finished.get(key) or _measure(recorder, args, name, table, seed))
             _write(recorder, args, results)
     print(common.table(results, ["row", "seed", "test_accuracy", "delta_points", "seconds"]))
     return 0
@@ -92,6 +100,29 @@ def _parse_extra(text: str) -> dict[str, tuple[str, list[str]]]:
     return rows
 
 
+def _overrides(args, name: str, table: dict, seed: int) -> tuple[str, ...]:
+    """The `--set` overrides of a compactcnn row (empty for a baseline row)."""
+    if name in BASELINES:
+        return ()
+    overrides = [f"train.epochs={args.epochs}", f"train.seed={seed}", *table[name][1]]
+    if args.quick:
+        overrides += common.quick_run_overrides()
+    return tuple(overrides)
+
+
+def _finished_rows(args) -> dict[tuple, dict]:
+    """Rows of an earlier results JSON with the same epochs and base config, by key."""
+    path = Path(args.results_dir) / f"{NAME}.json"
+    if not path.exists():
+        return {}
+    results = json.loads(path.read_text())["results"]
+    if results.get("epochs") != args.epochs or results.get("base_config") != BASE_CONFIG:
+        return {}
+    return {
+        (row["row"], row["seed"], tuple(row.get("overrides", ()))): row for row in results["rows"]
+    }
+
+
 def _measure(recorder, args, name: str, table: dict, seed: int) -> dict:
     if name in BASELINES:
         description, recipe = BASELINES[name]
@@ -104,10 +135,8 @@ def _measure(recorder, args, name: str, table: dict, seed: int) -> dict:
             "seconds": metrics["seconds"],
             "images_per_second": metrics["images_per_second"],
         }
-    description, overrides = table[name]
-    overrides = [f"train.epochs={args.epochs}", f"train.seed={seed}", *overrides]
-    if args.quick:
-        overrides += common.quick_run_overrides()
+    description = table[name][0]
+    overrides = list(_overrides(args, name, table, seed))
     label = f"recipe-{name}-e{args.epochs}-s{seed}"
     run_dir, metrics = common.compactcnn_run(
         recorder, label, overrides, args.cache_dir, config=BASE_CONFIG

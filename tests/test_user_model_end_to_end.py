@@ -156,6 +156,8 @@ def test_user_model_through_compactcnn_run(tmp_path):
         interpreter.set_tensor(detail["index"], image[None])  # raw uint8 pixels
         interpreter.invoke()
         agree += int(interpreter.get_tensor(output)[0].argmax() == expected)
-    assert agree / len(test_images) >= 0.98
-    assert metrics["tflite"]["int8"]["agreement"] >= 0.98
+    # The model is barely trained, so a few images sit on a near-tie that int8 rounding can flip:
+    # 48 images, so each flip costs 2 points (CI once saw 47/48). Allow two.
+    assert agree / len(test_images) >= 0.95
+    assert metrics["tflite"]["int8"]["agreement"] >= 0.95
     assert np.mean(keras_top == np.array(test_labels)) >= 0.9  # and the task was learned
