@@ -101,6 +101,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    from compactcnn import sensitivity
+
+    path = sensitivity.measure_run(
+        args.run, sensitivity.parse_sparsities(args.sparsities), args.images
+    )
+    print(f"sensitivity: {path} and {path.with_name(sensitivity.CHART_FILE).name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -172,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", help="a tuning folder's storage URL, when tune.yaml hides its password"
     )
     report.set_defaults(func=_report)
+
+    sensitivity = commands.add_parser(
+        "sensitivity",
+        help="accuracy drop of each layer pruned alone, for prune.allocation=sensitivity",
+    )
+    sensitivity.add_argument("run", help="a finished run directory; sensitivity.csv goes there")
+    sensitivity.add_argument(
+        "--sparsities",
+        default="0.5,0.7,0.8,0.9,0.95",
+        help="comma-separated sparsities each layer is tested at",
+    )
+    sensitivity.add_argument(
+        "--images",
+        type=int,
+        default=2000,
+        help="images measured on: of the validation split, else of the training set (never test)",
+    )
+    sensitivity.set_defaults(func=_sensitivity)
 
     try:
         from compactcnn.vertex import add_vertex_parser

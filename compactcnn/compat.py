@@ -9,6 +9,7 @@ tfmot's own `python/core/keras/compat.py`.
 
 from __future__ import annotations
 
+import copy
 from importlib import metadata
 from typing import Any
 
@@ -42,6 +43,8 @@ def check_versions(checked: tuple[tuple[str, str], ...] = CHECKED_VERSIONS) -> N
 
 check_versions()
 
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
 # The imports below are private modules: tfmot exports no public name for its wrapper classes,
 # though its own callbacks and strip functions test layers against exactly these.
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import (  # noqa: E402
@@ -59,6 +62,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
 
 __all__ = [
     "BackupAfterLogging",
+    "ClusterPreserveQuantizeScheme",
     "ClusterWeights",
     "PruneLowMagnitude",
     "QuantizeLayer",
@@ -99,6 +103,32 @@ def qat_supports(layer: keras.layers.Layer) -> bool:
     registry's own `supports` answers before anything is written.
     """
     return Default8BitQuantizeRegistry().supports(layer)
+
+
+class ClusterPreserveQuantizeScheme(
+    tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme
+):
+    """tfmot's (prune- and) cluster-preserving QAT scheme, with one weight quantizer per layer.
+
+    tfmot's registry hands every Conv2D the same weight quantizer object (and every Dense
+    another), and that object turns its own `preserve_sparsity` off, for every layer, when it
+    builds a kernel without zeros. Measured: with a dense first convolution, a 70%-sparse second
+    one came out of 3 QAT epochs without a zero. A copy per layer keeps that to the dense layer
+    (the copy's `weight_quantizer` attribute is what tfmot's own registry sets).
+    """
+
+    def get_quantize_registry(self):
+        registry = super().get_quantize_registry()
+        shared = registry.get_quantize_config
+
+        def get_quantize_config(layer):
+            config = shared(layer)
+            if hasattr(config, "weight_quantizer"):
+                config.weight_quantizer = copy.copy(config.weight_quantizer)
+            return config
+
+        registry.get_quantize_config = get_quantize_config
+        return registry
 
 
 def tflite_operators(interpreter: Any) -> list[dict[str, Any]]:

@@ -171,13 +171,32 @@ class TrainConfig:
 
 
 @dataclass
+class PruneCapsConfig:
+    """Highest per-layer target of small, sensitive layers under a non-uniform allocation.
+
+    null means no cap of its own (every layer is capped at 0.99 anyway). See
+    `compactcnn.allocation.layer_roles` for how the roles are found.
+
+    Attributes:
+        stem: The first kernel layer of the model (it sees the image).
+        shortcut: 1x1 Conv2D layers named `*shortcut*` (the ResNets' projection shortcuts).
+        classifier: The last kernel layer when it is a Dense (the logits).
+    """
+
+    stem: float | None = 0.5
+    shortcut: float | None = 0.5
+    classifier: float | None = 0.5
+
+
+@dataclass
 class PruneConfig:
     """Magnitude pruning with tfmot (Zhu & Gupta 2017).
 
     Attributes:
         schedule: none, constant or polynomial.
         initial_sparsity: Sparsity at `begin_epoch` (polynomial only).
-        final_sparsity: Target sparsity in [0, 1).
+        final_sparsity: Target sparsity in [0, 1); with a non-uniform `allocation`, the
+            parameter-weighted mean of the per-layer targets.
         begin_epoch: Epoch at which pruning starts (fractional epochs allowed).
         end_epoch: Epoch at which the target is reached; null means 75% of training.
         frequency: Steps between mask updates.
@@ -185,6 +204,14 @@ class PruneConfig:
         m_by_n: Structured sparsity, e.g. [2, 4]: 2 zeros in every 4 input channels.
         exclude: Regular expressions of layer names to leave dense.
         from_run: A finished run directory or a model.keras file to fine-tune from.
+        allocation: How `final_sparsity` becomes per-layer targets (see
+            `compactcnn.allocation`): `uniform` (every layer the same), `global_magnitude`
+            (what one magnitude threshold over all kernels of the `from_run` weights gives)
+            or `sensitivity` (more to layers whose accuracy suffers least, from a
+            `compactcnn sensitivity` CSV).
+        sensitivity_file: The sensitivity.csv the `sensitivity` allocation reads; null means
+            the one in the `from_run` run directory.
+        caps: Per-layer caps of the non-uniform allocations (see `PruneCapsConfig`).
     """
 
     schedule: str = "none"
@@ -197,6 +224,9 @@ class PruneConfig:
     m_by_n: list[int] | None = None
     exclude: list[str] = field(default_factory=list)
     from_run: str | None = None
+    allocation: str = "uniform"
+    sensitivity_file: str | None = None
+    caps: PruneCapsConfig = field(default_factory=PruneCapsConfig)
 
 
 @dataclass
@@ -207,13 +237,15 @@ class QuantizeConfig:
         formats: Any of float32, float16, dynamic_int8, int8.
         calibration_samples: Training images for the int8 representative dataset.
         int8_io: Input/output type of the full-integer model: uint8, int8 or float32.
-        qat: Fine-tune with quantization-aware training before the int8 export.
+        qat: Fine-tune with quantization-aware training before the int8 export (prune- and
+            cluster-preserving when the model is pruned or clustered).
         qat_epochs: Epochs of quantization-aware fine-tuning.
         qat_learning_rate: Learning rate of the QAT fine-tuning.
         sparsity_optimization: Add tf.lite.Optimize.EXPERIMENTAL_SPARSITY to every conversion.
         weight_clusters: Share this many weight values per layer (tfmot sparsity-preserving
             clustering, fine-tuned for `cluster_epochs`) before export; 0 disables it. With 16
-            clusters a 70%-sparse int8 ResNet-20 gzips about 20% smaller.
+            clusters a 70%-sparse int8 ResNet-20 gzips about 20% smaller. With `qat`, the QAT
+            fine-tune keeps the shared values and zeros (tfmot's PCQAT).
         cluster_epochs: Epochs of fine-tuning with clustered weights.
         cluster_learning_rate: Learning rate of that fine-tuning.
     """
@@ -228,6 +260,32 @@ class QuantizeConfig:
     weight_clusters: int = 0
     cluster_epochs: int = 1
     cluster_learning_rate: float = 0.001
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (Hinton et al. 2015; see compactcnn.distill).
+
+    With a teacher, the student is trained on (1 - alpha) * CE(labels, student) + alpha * T^2 *
+    KL(softmax(teacher / T) || softmax(student / T)), where CE is the run's own loss (with
+    `train.label_smoothing`) and teacher/student are logits (log of the softmax outputs). It
+    applies to every training of the run: from scratch, `prune.from_run` fine-tuning, and the
+    clustering and QAT fine-tunes. Only the student is exported.
+
+    Attributes:
+        teacher: A finished run directory (its model.keras) or a .keras file of a model with
+            the run's image size and classes, ending in a softmax; null or "" turns
+            distillation off.
+        alpha: Weight of the distillation term, in [0, 1] (0 is plain training).
+        temperature: Softmax temperature T of both distributions, > 0; higher is softer.
+    """
+
+    teacher: str | None = None
+    # The defaults of the CIFAR benchmark of distillation, RepDistiller (Tian et al. 2020, its
+    # KD baseline: classification weight 0.1, KD weight 0.9, T = 4); Hinton et al. 2015 also put
+    # most weight on the soft targets, whose T^2-scaled gradients then match the hard ones.
+    alpha: float = 0.9
+    temperature: float = 4.0
 
 
 @dataclass
@@ -273,6 +331,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -557,20 +616,17 @@ def validate(config: Config) -> None:
     if not 0.0 <= config.train.label_smoothing < 1.0:
         raise UserError("config key 'train.label_smoothing' must be in [0, 1)")
     if config.quantize.weight_clusters and not 3 <= config.quantize.weight_clusters <= 256:
+        # tfmot refuses 2 when it keeps the zero cluster: one shared value besides zero.
         raise UserError(
-            "config key 'quantize.weight_clusters' must be 0 (off) or 3 to 256, "
-            f"got {config.quantize.weight_clusters}"
-        )
-    if config.quantize.weight_clusters and config.quantize.qat:
-        raise UserError(
-            "quantize.weight_clusters and quantize.qat cannot be combined yet (QAT would undo "
-            "the shared values); set one of them"
+            "config key 'quantize.weight_clusters' must be 0 (off) or 3 to 256 (zero is one "
+            f"of the clusters), got {config.quantize.weight_clusters}"
         )
     if config.model.width is not None and config.model.width <= 0:
         raise UserError(f"config key 'model.width' must be positive, got {config.model.width}")
     _validate_image_size(config.data.image_size)
     _validate_normalize(config.data.normalize)
     _validate_prune(config.prune, config.train.epochs)
+    _validate_distill(config.distill)
 
 
 # Smaller images leave nothing for a CNN's strided layers; larger ones do not fit in memory.
@@ -585,6 +641,18 @@ def _validate_image_size(image_size: list[int] | None) -> None:
         raise UserError(
             f"config key 'data.image_size' must be [height, width] with sides {low} to {high}, "
             f"got {image_size}; e.g. data.image_size=[96, 96]"
+        )
+
+
+def _validate_distill(distill: DistillConfig) -> None:
+    if not 0.0 <= distill.alpha <= 1.0:
+        raise UserError(
+            f"config key 'distill.alpha' must be in [0, 1], got {distill.alpha}; e.g. 0.9 "
+            "(the weight of the teacher's soft targets)"
+        )
+    if distill.temperature <= 0:
+        raise UserError(
+            f"config key 'distill.temperature' must be positive, got {distill.temperature}; e.g. 4"
         )
 
 
@@ -616,6 +684,9 @@ def _validate_prune(prune: PruneConfig, epochs: int) -> None:
                 f"config key 'prune.{key}' must be in [0, 1), got {value}; "
                 "use e.g. 0.7 for 70% zeros"
             )
+    from compactcnn import allocation  # on use, as compactcnn.data in validate()
+
+    allocation.check_config(prune)
     if prune.schedule == "none":
         return
     if prune.schedule == "polynomial" and prune.initial_sparsity > prune.final_sparsity:

@@ -11,6 +11,7 @@ import gzip
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,29 +186,8 @@ def count_tflite_zeros(path: str | os.PathLike) -> dict[str, Any]:
     Returns:
         `weights` (elements counted), `zeros` and `zeros_fraction` (0.0 when there are no weights).
     """
-    load_model_file(path)  # A damaged file gets the one-line error, not a flatbuffer trace.
-    # No delegate: XNNPACK would take ownership of the weights and may pack or free them.
-    interpreter = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    operators = compat.tflite_operators(interpreter)
-    producers = {int(output): op for op in operators for output in op["outputs"]}
-    details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     weights = zeros = 0
-    counted = set()  # A weight shared by two operators is stored, and counted, once.
-    for op in operators:
-        if op["op_name"] not in _WEIGHT_OPS:
-            continue
-        index = int(op["inputs"][1])
-        while index in producers and producers[index]["op_name"] in _STORAGE_OPS:
-            index = int(producers[index]["inputs"][0])
-        if index in counted:
-            continue
-        counted.add(index)
-        detail = details[index]
-        values = interpreter.get_tensor(index)
+    for detail, values in _weight_tensors(path):
         if detail["sparsity_parameters"]:
             # A sparse tensor stores only (blocks of) its non-zero values; its shape is dense.
             size = int(np.prod(detail["shape"]))
@@ -222,6 +202,71 @@ def count_tflite_zeros(path: str | os.PathLike) -> dict[str, Any]:
         "zeros": zeros,
         "zeros_fraction": zeros / weights if weights else 0.0,
     }
+
+
+def distinct_values_per_tensor(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Counts the distinct stored values of each conv and fully-connected weight of a TFLite file.
+
+    What weight clustering bounds in an int8 file: a kernel of N shared values (zero one of them)
+    holds at most N distinct int8 codes among the weights that share one quantization scale,
+    i.e. in each output channel of a per-channel quantized weight (its scale cancels the folded
+    BatchNorm factor, so the codes are round(127 * value / largest value of the channel)), or in
+    the whole tensor when it has one scale. Channels whose largest values differ get different
+    codes, so a whole per-channel tensor holds more (8 clusters: 8 to 34 in a ResNet-20). The zero
+    code counts as a value when present. A sparse-encoded weight
+    (`Optimize.EXPERIMENTAL_SPARSITY`) stores no channels: both counts are then those of its
+    stored values, plus zero for the elements not stored.
+
+    Returns:
+        {tensor name: {"values": distinct values in the tensor, "per_scale": the most distinct
+        values among the weights of one scale}}, one entry per stored weight tensor.
+    """
+    counts = {}
+    for detail, values in _weight_tensors(path):
+        parameters = detail["quantization_parameters"]
+        if detail["sparsity_parameters"]:
+            stored = set(np.unique(values).tolist())
+            if values.size < int(np.prod(detail["shape"])):
+                stored.add(_zero_points(detail, (values.size,), per_channel=False))
+            counts[detail["name"]] = {"values": len(stored), "per_scale": len(stored)}
+            continue
+        groups = [values]
+        if len(parameters["scales"]) > 1:
+            axis = parameters["quantized_dimension"]
+            groups = [np.take(values, channel, axis=axis) for channel in range(values.shape[axis])]
+        counts[detail["name"]] = {
+            "values": int(np.unique(values).size),
+            "per_scale": max(int(np.unique(group).size) for group in groups),
+        }
+    return counts
+
+
+def _weight_tensors(path: str | os.PathLike) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Yields (tensor details, stored values) of each conv and fully-connected weight, once.
+
+    Follows a weight back through the operators that only unpack its storage (fp16, sparse).
+    """
+    load_model_file(path)  # A damaged file gets the one-line error, not a flatbuffer trace.
+    # No delegate: XNNPACK would take ownership of the weights and may pack or free them.
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    operators = compat.tflite_operators(interpreter)
+    producers = {int(output): op for op in operators for output in op["outputs"]}
+    details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    seen = set()  # A weight shared by two operators is stored, and yielded, once.
+    for op in operators:
+        if op["op_name"] not in _WEIGHT_OPS:
+            continue
+        index = int(op["inputs"][1])
+        while index in producers and producers[index]["op_name"] in _STORAGE_OPS:
+            index = int(producers[index]["inputs"][0])
+        if index in seen:
+            continue
+        seen.add(index)
+        yield details[index], interpreter.get_tensor(index)
 
 
 def _zero_points(

@@ -10,6 +10,7 @@ are recomputed at steps `begin + i * frequency` up to `end`; in between they sta
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compactcnn import files, kernels
+from compactcnn import allocation, distill, files, kernels
 from compactcnn.compat import PruneLowMagnitude
 from compactcnn.config import PruneConfig
 from compactcnn.errors import UserError
@@ -187,6 +188,10 @@ def wrap(
     n (the first convolution on RGB) cannot hold that pattern and stay dense, as do depthwise
     and separable convolutions.
 
+    Each wrapped layer gets its own schedule, to the target `prune.allocation` gives it
+    (`compactcnn.allocation.layer_targets`, from the model's weights now); `layer_targets`
+    reads them back from the wrapped model.
+
     Args:
         model: A Functional model, freshly built or trained (its weights are kept).
         prune_config: The `prune` section.
@@ -199,8 +204,9 @@ def wrap(
 
     Raises:
         UserError: On an `exclude` pattern that is invalid or matches no layer, a layer with
-            kernels tfmot cannot wrap, when nothing is left to prune, or when the schedule has
-            no mask update.
+            kernels tfmot cannot wrap, when nothing is left to prune, when the schedule has
+            no mask update, or when the allocation cannot reach the target (caps, sensitivity
+            file).
     """
     schedule = make_schedule(prune_config, steps_per_epoch, epochs)
     if schedule is None:
@@ -208,12 +214,21 @@ def wrap(
     skipped = skipped_layers(model, prune_config)
     m_by_n = tuple(prune_config.m_by_n) if prune_config.m_by_n else None
     copies: dict[str, keras.layers.Layer] = {}
+    names = [
+        layer.name
+        for layer in model.layers
+        if kernels.is_kernel_layer(layer) and layer.name not in skipped
+    ]
+    # One target per layer (prune.allocation), from the weights pruning starts from.
+    targets = allocation.layer_targets(model, prune_config, names) if names else {}
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if kernels.is_kernel_layer(layer) and layer.name not in skipped:
+        if layer.name in targets:
             copy = _sparsity.prune_low_magnitude(
                 _prunable_copy(layer),
-                pruning_schedule=schedule,
+                pruning_schedule=_layer_schedule(
+                    schedule, prune_config, steps_per_epoch, epochs, targets[layer.name]
+                ),
                 sparsity_m_by_n=m_by_n,
                 # The wrapper owns the mask update of the float32 master kernel, so it must run
                 # in float32 even under a mixed policy: with the global policy a float32 layer
@@ -241,6 +256,50 @@ def wrap(
     return wrapped
 
 
+def _layer_schedule(
+    schedule: _sparsity.PruningSchedule,
+    prune_config: PruneConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    target: float,
+) -> _sparsity.PruningSchedule:
+    """The schedule of a layer whose final target is `target`: `schedule` scaled to it.
+
+    The polynomial's initial sparsity is scaled by the same factor, so at every step the
+    parameter-weighted mean over the layers follows the global curve (pruning_schedule.csv).
+    """
+    final = prune_config.final_sparsity
+    if target == final:
+        return schedule
+    scale = target / final if final else 1.0
+    layer_config = dataclasses.replace(
+        prune_config,
+        final_sparsity=target,
+        initial_sparsity=min(prune_config.initial_sparsity * scale, target),
+    )
+    return make_schedule(layer_config, steps_per_epoch, epochs)
+
+
+def layer_targets(model: keras.Model) -> dict[str, float]:
+    """The final target sparsity of each wrapped layer, read from its tfmot schedule.
+
+    Returns:
+        {layer name: target}: the schedule's `final_sparsity` (polynomial) or
+        `target_sparsity` (constant), or m/n with `m_by_n`; {} for a model without wrappers.
+    """
+    targets = {}
+    for layer in _pruning_layers(model):
+        if layer.sparsity_m_by_n:
+            m, n = layer.sparsity_m_by_n
+            targets[layer.layer.name] = m / n
+            continue
+        values = layer.pruning_schedule.get_config()["config"]
+        targets[layer.layer.name] = float(
+            values.get("final_sparsity", values.get("target_sparsity"))
+        )
+    return targets
+
+
 def _pruning_layers(model: keras.Model) -> list[PruneLowMagnitude]:
     return [layer for layer in model.layers if isinstance(layer, PruneLowMagnitude)]
 
@@ -255,8 +314,9 @@ class SparsityLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
-        logs["sparsity"] = sparsity_report(self.model)["overall_sparsity"]
-        wrappers = _pruning_layers(self.model)
+        model = distill.student_of(self.model)  # a Distiller reports on its student
+        logs["sparsity"] = sparsity_report(model)["overall_sparsity"]
+        wrappers = _pruning_layers(model)
         if wrappers:
             logs["pruning_step"] = int(keras.backend.get_value(wrappers[0].pruning_step))
 
@@ -286,19 +346,21 @@ def strip(model: keras.Model) -> keras.Model:
     return _sparsity.strip_pruning(model)
 
 
-def sparsity_report(model: keras.Model) -> dict:
+def sparsity_report(model: keras.Model, targets: dict[str, float] | None = None) -> dict:
     """Counts zeros in a wrapped or stripped model.
 
     Args:
         model: A model with or without pruning wrappers.
+        targets: Per-layer target sparsities (`layer_targets` of the wrapped model), added to
+            their layers' entries as `target`.
 
     Returns:
         `{"overall_sparsity", "total_params", "nonzero_params", "layers": {name: {"params",
-        "zeros", "sparsity"}}}`. `overall_sparsity` and `layers` cover the kernels of the kernel
-        layers (see `compactcnn.kernels`; a SeparableConv2D's two kernels together), named by
-        their layer, wrapped or not; `total_params`/`nonzero_params` count every weight
-        of the model except the wrappers' masks, thresholds and steps, so a wrapped model and its
-        stripped copy report the same numbers. Plain ints and floats.
+        "zeros", "sparsity"[, "target"]}}}`. `overall_sparsity` and `layers` cover the kernels
+        of the kernel layers (see `compactcnn.kernels`; a SeparableConv2D's two kernels
+        together), named by their layer, wrapped or not; `total_params`/`nonzero_params` count
+        every weight of the model except the wrappers' masks, thresholds and steps, so a wrapped
+        model and its stripped copy report the same numbers. Plain ints and floats.
     """
     layers = []
     for layer in model.layers:
@@ -316,6 +378,8 @@ def sparsity_report(model: keras.Model) -> dict:
             size = sum(int(array.size) for array in arrays)
             zeros = size - sum(int(np.count_nonzero(array)) for array in arrays)
             per_layer[layer.name] = {"params": size, "zeros": zeros, "sparsity": zeros / size}
+            if targets and layer.name in targets:
+                per_layer[layer.name]["target"] = targets[layer.name]
     kernel_params = sum(entry["params"] for entry in per_layer.values())
     kernel_zeros = sum(entry["zeros"] for entry in per_layer.values())
     return {

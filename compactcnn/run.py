@@ -24,7 +24,17 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from compactcnn import cluster, distribute, evaluate, files, ownership, prune, quantize, train
+from compactcnn import (
+    cluster,
+    distill,
+    distribute,
+    evaluate,
+    files,
+    ownership,
+    prune,
+    quantize,
+    train,
+)
 from compactcnn.config import EXPORT_FORMATS, Config, QuantizeConfig, save_config
 from compactcnn.data import ImageData, cache_dir, load_data, pipeline
 from compactcnn.errors import UserError
@@ -83,7 +93,8 @@ class Training:
         data: The loaded images.
         train_data: An endless stream of augmented (images, one-hot labels) global batches.
         validation_data: The held-out validation batches, or None.
-        model: The compiled model, pruning wrappers included when pruning.
+        model: The compiled model, pruning wrappers included when pruning; when distilling, a
+            `distill.Distiller` holding it (`distill.student_of` gives the model itself).
         callbacks: Callbacks `fit` needs besides logging and backups (the pruning step).
         steps_per_epoch: Optimizer steps per epoch.
         global_batch: Images per step over all replicas.
@@ -91,6 +102,7 @@ class Training:
         plan: What `model.name` points at, and the image size.
         model_report: How the model was built (source, normalization, ...) and the layers the
             compression stages leave alone (`skipped_layers`), for metrics.json.
+        teacher: The frozen `distill.teacher` model, or None when not distilling.
     """
 
     strategy: tf.distribute.Strategy
@@ -106,6 +118,7 @@ class Training:
     learning_rate: float
     plan: ModelPlan | None = None
     model_report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher: keras.Model | None = None
 
 
 def build_training(
@@ -175,6 +188,9 @@ def build_training(
             _load_pretrained(config.prune.from_run, model)
         model_report["skipped_layers"] = skipped_layers(model, config)
         model = prune.wrap(model, config.prune, steps_per_epoch, config.train.epochs)
+        # Built in the scope too, so its variables are mirrored like the student's.
+        teacher = distill.load_teacher(config.distill, data.num_classes, plan.image_size)
+        model = distill.wrap(model, teacher, config.distill)
         schedule = train.learning_rate_schedule(config.train, steps_per_epoch, peak_lr)
         train.compile_model(model, config.train, train.build_optimizer(config.train, schedule))
     pruned = config.prune.schedule != "none"
@@ -192,6 +208,7 @@ def build_training(
         learning_rate=peak_lr,
         plan=plan,
         model_report=model_report,
+        teacher=teacher,
     )
 
 
@@ -221,18 +238,17 @@ def skipped_layers(model: keras.Model, config: Config) -> dict[str, str]:
 
 def record_config(config: Config, training: Training, write_dir: Path) -> None:
     """Writes config.yaml with the values derived at run time, and the pruning schedule."""
-    save_config(
-        config,
-        write_dir / "config.yaml",
-        resolved={
-            "replicas": training.strategy.num_replicas_in_sync,
-            "global_batch_size": training.global_batch,
-            "learning_rate": training.learning_rate,
-            "precision_policy": training.precision_policy,
-            "precision_reason": training.precision_reason,
-            "image_size": _image_size(training),
-        },
-    )
+    resolved = {
+        "replicas": training.strategy.num_replicas_in_sync,
+        "global_batch_size": training.global_batch,
+        "learning_rate": training.learning_rate,
+        "precision_policy": training.precision_policy,
+        "precision_reason": training.precision_reason,
+        "image_size": _image_size(training),
+    }
+    if training.teacher is not None:
+        resolved["distill_teacher"] = str(distill.resolve_teacher(config.distill.teacher))
+    save_config(config, write_dir / "config.yaml", resolved=resolved)
     if config.prune.schedule != "none" and distribute.is_chief(training.strategy):
         prune.write_schedule_csv(
             config.prune,
@@ -271,6 +287,8 @@ def fit(
     )
     wall_seconds = time.perf_counter() - started
     history = train.dedupe_history(write_dir / "history.csv")
+    training.model = distill.student_of(training.model)  # what is exported: never the teacher
+    targets = prune.layer_targets(training.model)  # Per-layer (prune.allocation), before strip.
     training.model = prune.strip(training.model)
     strategy = training.strategy
     metrics: dict[str, Any] = {
@@ -293,9 +311,14 @@ def fit(
     if config.prune.schedule != "none":
         metrics["pruning"] = {
             "schedule": config.prune.schedule,
+            "allocation": config.prune.allocation,
             "target_sparsity": config.prune.final_sparsity,
-            **prune.sparsity_report(training.model),
+            **prune.sparsity_report(training.model, targets),
         }
+    if training.teacher is not None:
+        metrics["distill"] = distill.report(
+            config.distill, training.teacher, training.data.x_test, training.data.y_test
+        )
     return metrics
 
 
@@ -398,6 +421,10 @@ def export_and_measure(
         result["path"] = str(Path(exported[name]).relative_to(write_dir))
         result["compression_bytes"] = round(baseline["bytes"] / result["bytes"], 3)
         result["compression_gzip"] = round(baseline["gzip_bytes"] / result["gzip_bytes"], 3)
+        if name == "int8":
+            # What clustering bounds: values per quantization scale (evaluate.py), zero included.
+            counts = evaluate.distinct_values_per_tensor(exported[name]).values()
+            result["max_distinct_values"] = max((c["per_scale"] for c in counts), default=0)
         if name == "int8" and qat_model is not None:
             result["qat"] = True
         results[name] = result
@@ -491,12 +518,23 @@ def _cluster_finetune(float_model, config: Config, training: Training):
 
 
 def _quantization_aware_finetune(float_model, config: Config, training: Training):
-    """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse."""
+    """Fine-tunes a QAT copy of the model; prune-preserving when the model is sparse.
+
+    A clustered model gets cluster-preserving QAT: sparsity-preserving too (PCQAT), whether or
+    not it was pruned, since its clustering keeps a zero cluster (`cluster.prepare`).
+    """
+    clustered = bool(config.quantize.weight_clusters)
+    sparse = config.prune.schedule != "none" or clustered
     with training.strategy.scope():
-        pruned = config.prune.schedule != "none"
-        qat_model = quantize.prepare_qat(float_model, preserve_sparsity=pruned)
-    # tfmot's prune-preserving QAT keeps every zero but those of depthwise kernels.
-    callbacks = [quantize.KeepZeros(qat_model)] if pruned else []
+        qat_model = quantize.prepare_qat(
+            float_model, preserve_sparsity=sparse, preserve_clusters=clustered
+        )
+    # tfmot's prune- and cluster-preserving QAT keep every zero (and shared value) but those of
+    # depthwise kernels.
+    if clustered:
+        callbacks = [quantize.KeepClusters(qat_model)]
+    else:
+        callbacks = [quantize.KeepZeros(qat_model)] if sparse else []
     _finetune(
         qat_model,
         config,
@@ -516,9 +554,13 @@ def _finetune(
     epochs: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ):
-    """A short fine-tune at a constant rate, with the run's optimizer, decay and loss."""
+    """A short fine-tune at a constant rate, with the run's optimizer, decay and loss.
+
+    With a teacher, `model` is trained in place through a `distill.Distiller`.
+    """
     with training.strategy.scope():
         optimizer = train.build_optimizer(config.train, learning_rate)
+        model = distill.wrap(model, training.teacher, config.distill)
         train.compile_model(model, config.train, optimizer)
     model.fit(
         training.train_data,

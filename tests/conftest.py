@@ -1,5 +1,7 @@
 """Shared test set-up. Importing compactcnn first selects Keras 2 before TensorFlow loads."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -13,3 +15,21 @@ def tiny_images():
     images = generator.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
     labels = generator.integers(0, 10, size=(64,)).astype(np.int32)
     return images, labels
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_data_cache(tmp_path_factory):
+    """One `$COMPACTCNN_DATA` for the whole session, inherited by every subprocess.
+
+    The bundled sample is then decoded once and each dense float32 baseline (a conversion that
+    costs as much as a short run) converted once, instead of once per end-to-end run. A test
+    that checks the cache itself sets its own folder with monkeypatch.
+    """
+    folder = tmp_path_factory.mktemp("compactcnn-data")
+    previous = os.environ.get("COMPACTCNN_DATA")
+    os.environ["COMPACTCNN_DATA"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("COMPACTCNN_DATA", None)
+    else:
+        os.environ["COMPACTCNN_DATA"] = previous

@@ -21,6 +21,8 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
+from compactcnn import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "compactcnn" / "data" / "sample" / "cifar10-sample.tar.gz"
 pytestmark = pytest.mark.slow
@@ -29,8 +31,9 @@ pytestmark = pytest.mark.slow
 VALIDATION_FLOOR = 0.9
 
 
-def compactcnn(*args, env=None, **kwargs):
-    environment = {**os.environ, "COMPACTCNN_DATA": str(env), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def compactcnn(*args, **kwargs):
+    # $COMPACTCNN_DATA is the session's shared cache (conftest.py).
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
         [sys.executable, "-m", "compactcnn", *args],
         cwd=ROOT,
@@ -77,11 +80,14 @@ def independent_tflite_accuracy(path, images, labels):
     return correct / len(labels)
 
 
-# Short enough for CI; with prune-preserving QAT, so the suite's one QAT run is a real one.
+# Short enough for CI (3 epochs of 5 steps, pruned at steps 0, 5 and 10, a few dozen calibration
+# images); with prune-preserving QAT, so the suite's one QAT run is a real one.
 QUICKSTART_SETTINGS = [
-    "--set", "train.epochs=5", "--set", "prune.begin_epoch=1", "--set", "prune.end_epoch=4",
-    "--set", "output.latency_runs=5", "--set", "quantize.qat=true",
-    "--set", "quantize.qat_epochs=1",
+    "--set", "train.epochs=3", "--set", "train.steps_per_epoch=5",
+    "--set", "prune.begin_epoch=0", "--set", "prune.end_epoch=2",
+    "--set", "quantize.calibration_samples=32", "--set", "output.latency_runs=3",
+    "--set", "train.bn_recalibration_batches=5",
+    "--set", "quantize.qat=true", "--set", "quantize.qat_epochs=1",
 ]  # fmt: skip
 
 
@@ -92,7 +98,7 @@ def quickstart_run(tmp_path_factory):
     started = time.perf_counter()
     result = compactcnn(
         "run", "configs/quickstart.yaml", "--out", str(run_dir), "--verbose", "2",
-        *QUICKSTART_SETTINGS, env=folder / "cache",
+        *QUICKSTART_SETTINGS,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result, time.perf_counter() - started, folder
@@ -115,10 +121,10 @@ def test_quickstart_writes_the_run_directory(quickstart_run):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "logs").rglob("events.out.tfevents.*"))
     assert not any(run_dir.rglob("*.tmp*"))
-    assert "Epoch 5/5" in result.stdout
+    assert "Epoch 3/3" in result.stdout
     with (run_dir / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3, 4]
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
 
 
 def test_quickstart_metrics_and_pruning_survive_to_tflite(quickstart_run):
@@ -126,7 +132,7 @@ def test_quickstart_metrics_and_pruning_survive_to_tflite(quickstart_run):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["keras"]["test_accuracy"] <= 1.0
     assert metrics["keras"]["params"] == 274_042
-    assert metrics["train"]["epochs"] == 5 and metrics["train"]["images_per_second"] > 0
+    assert metrics["train"]["epochs"] == 3 and metrics["train"]["images_per_second"] > 0
     pruning = metrics["pruning"]
     assert pruning["overall_sparsity"] == pytest.approx(0.70, abs=0.005)
     for name, layer in pruning["layers"].items():
@@ -157,33 +163,29 @@ def test_independent_evaluation_matches_metrics(quickstart_run):
         assert accuracy == pytest.approx(metrics["tflite"][name]["accuracy"], abs=0.002), name
 
 
-def test_evaluate_predict_and_rerun_commands(quickstart_run):
+def test_evaluate_predict_and_rerun_commands(quickstart_run, capsys):
+    # In this process (cli.main), not in new ones: each would start TensorFlow again.
     run_dir, _, _, folder = quickstart_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    result = compactcnn(
-        "evaluate", str(run_dir / "tflite/int8.tflite"), "--data", "sample", env=folder / "cache"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["accuracy"] == metrics["tflite"]["int8"]["accuracy"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run_dir / "tflite/int8.tflite"), "--data", "sample"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == metrics["tflite"]["int8"]["accuracy"]
 
     images, labels, classes = sample_test_set()
     picture = folder / "picture.png"
     Image.fromarray(images[0]).resize((64, 64)).save(picture)
     model = str(run_dir / "model.keras")
-    result = compactcnn("predict", model, str(picture), "--json", env=folder / "cache")
-    assert result.returncode == 0, result.stderr[-2000:]
-    (prediction,) = json.loads(result.stdout)
+    assert cli.main(["predict", model, str(picture), "--json"]) == 0
+    (prediction,) = json.loads(capsys.readouterr().out)
     assert len(prediction["top"]) == 5
     assert {entry["class"] for entry in prediction["top"]} <= set(classes)
     probabilities = [entry["probability"] for entry in prediction["top"]]
     assert probabilities == sorted(probabilities, reverse=True)
 
     before = (run_dir / "metrics.json").stat().st_mtime_ns
-    result = compactcnn(
-        "run", "configs/quickstart.yaml", "--out", str(run_dir), *QUICKSTART_SETTINGS,
-        env=folder / "cache",
-    )  # fmt: skip
-    assert result.returncode == 0 and "already finished" in result.stdout
+    rerun = ["run", str(ROOT / "configs/quickstart.yaml"), "--out", str(run_dir)]
+    assert cli.main([*rerun, *QUICKSTART_SETTINGS]) == 0
+    assert "already finished" in capsys.readouterr().out
     assert (run_dir / "metrics.json").stat().st_mtime_ns == before
 
 
@@ -198,10 +200,9 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
         "--set", "quantize.formats=[float32]", "--set", "output.latency_runs=2",
         "--set", "quantize.weight_clusters=8", "--set", "data.validation_size=64",
     ]  # fmt: skip
-    environment = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
     process = subprocess.Popen(
         [sys.executable, "-m", "compactcnn", *args],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     history = run_dir / "history.csv"
     checkpoint = run_dir / "backup" / "chief" / "checkpoint"
@@ -221,7 +222,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     process.wait()
     assert not (run_dir / "metrics.json").exists()
 
-    result = compactcnn(*args, env=tmp_path / "cache")
+    result = compactcnn(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Epoch 1/4" not in result.stdout  # resumed, not restarted
     assert "Epoch 4/4" in result.stdout

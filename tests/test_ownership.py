@@ -19,6 +19,7 @@ from compactcnn.config import load_config, save_config
 REPO = Path(__file__).resolve().parent.parent
 # A run of a few seconds' training: synthetic images, one step, one exported file.
 FAST = [
+    "model.name=resnet8_tiny",  # ownership is the point, not the model: the smallest one
     "data.name=synthetic",
     "data.synthetic_size=64",
     "train.epochs=2",
@@ -183,7 +184,7 @@ def test_a_kill_between_writing_and_renaming_metrics_resumes_to_a_clean_finish(t
         from compactcnn.cli import main
         sys.exit(main({argv!r}))
     """)
-    env = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
+    env = dict(os.environ)  # $COMPACTCNN_DATA: the session's shared cache (conftest.py)
     first = subprocess.run([sys.executable, "-c", killer], cwd=REPO, env=env, capture_output=True)
     assert first.returncode == -9
     assert not (run_dir / "metrics.json").exists()
@@ -214,7 +215,7 @@ def test_two_sweeps_on_one_study_split_the_runs(tmp_path):
         )
     )
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
+    env = dict(os.environ)  # $COMPACTCNN_DATA: the session's shared cache (conftest.py)
     command = [sys.executable, "-m", "compactcnn", "sweep", str(study), "--out", str(sweep_dir)]
     sweeps = [
         subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)

@@ -28,10 +28,9 @@ def command(*args):
 
 
 @pytest.fixture
-def environment(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    return {**os.environ, "COMPACTCNN_DATA": str(data), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def environment():
+    # $COMPACTCNN_DATA stays the session's shared cache (conftest.py).
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def finished_runs(out: Path) -> dict[str, int]:

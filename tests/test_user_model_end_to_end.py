@@ -2,7 +2,6 @@
 folder: the int8 file takes raw pixels, holds the configured zeros and agrees with Keras."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -110,11 +109,9 @@ def test_user_model_through_compactcnn_run(tmp_path):
         )
     )
     run_dir = tmp_path / "run"
-    environment = {**os.environ, "COMPACTCNN_DATA": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "compactcnn", "run", str(config), "--out", str(run_dir)],
         cwd=ROOT,
-        env=environment,
         capture_output=True,
         text=True,
     )

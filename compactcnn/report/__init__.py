@@ -14,6 +14,7 @@ This module is the package's public face; the modules behind it are:
 - `charts` (with `plotting`, `size_charts`, `training_charts`): the charts.
 - `tables`: the runs, files and Pareto tables.
 - `best`, `model_card`: the best/ folder and its model card.
+- `layer_targets`: the best run's per-layer target vs measured sparsity.
 - `pieces`, `render`: the report's pieces, rendered as Markdown and HTML.
 - `document`: the sections in order, and `write_report`.
 - `tuning`, `tuning_charts`: a tuning folder's rows, its trials' Pareto front and Optuna's charts

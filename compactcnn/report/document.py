@@ -18,6 +18,7 @@ from compactcnn.report.best import best_pieces, write_best
 from compactcnn.report.charts import write_charts
 from compactcnn.report.comparisons import comparison_pieces
 from compactcnn.report.formatting import config_value
+from compactcnn.report.layer_targets import layer_target_pieces
 from compactcnn.report.pieces import Heading, Paragraph, Piece
 from compactcnn.report.plotting import Section
 from compactcnn.report.render import render_html, render_markdown
@@ -144,6 +145,7 @@ def write_report(
         *charts[Section.TFLITE_FILES],
         Heading("Training and pruning"),
         *charts[Section.TRAINING],
+        *layer_target_pieces(sweep_dir, best),
     ]
     # Written beside and renamed, so an open report is never seen half-written.
     files.write_text(sweep_dir / "report.md", render_markdown(pieces))

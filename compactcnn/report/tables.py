@@ -42,6 +42,7 @@ FILE_COLUMNS: tuple[Column, ...] = (
     ("accuracy", "accuracy", percent),
     ("agreement with Keras", "agreement", percent),
     ("zeros", "zeros_fraction", sparsity),
+    ("distinct values", "max_distinct_values", integer),  # int8: most of one scale
     ("size", "bytes", kibibytes),
     ("gzip size", "gzip_bytes", kibibytes),
     ("compression", "compression_bytes", ratio),
