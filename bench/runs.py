@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,14 @@ def finetune(
     sparsity: float,
     extra: tuple[str, ...] = (),
     suffix: str = "",
+    epochs: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """The dense run fine-tuned with polynomial pruning to `sparsity` (`prune.from_run`), with
-    `extra` overrides and `suffix` appended to the folder's label."""
+    """The dense run fine-tuned with polynomial pruning to `sparsity` (`prune.from_run`) for
+    `epochs` (default `args.finetune_epochs`), with `extra` overrides and `suffix` appended to the
+    folder's label."""
+    epochs = args.finetune_epochs if epochs is None else epochs
     overrides = [
-        f"train.epochs={args.finetune_epochs}",
+        f"train.epochs={epochs}",
         f"train.learning_rate={FINETUNE_LEARNING_RATE}",
         "train.warmup_epochs=0",
         "prune.schedule=polynomial",
@@ -64,8 +68,25 @@ def finetune(
         f"prune.from_run={dense_dir}",
         *extra,
     ]
-    label = f"finetune{round(sparsity * 100)}-e{args.epochs}-f{args.finetune_epochs}{suffix}"
+    label = f"finetune{round(sparsity * 100)}-e{args.epochs}-f{epochs}{suffix}"
     return _run(recorder, args, label, overrides)
+
+
+def sensitivity(recorder, args, dense_dir: Path) -> Path:
+    """Runs `compactcnn sensitivity` on the dense run once (its sensitivity.csv is then reused).
+
+    Returns:
+        The sensitivity.csv, in the dense run directory.
+    """
+    command = ["python", "-m", "compactcnn", "sensitivity", str(dense_dir)]
+    if args.quick:  # Two sparsities on 64 images: seconds instead of minutes.
+        command += ["--images", "64", "--sparsities", "0.5,0.9"]
+    path = common.resolve(dense_dir) / "sensitivity.csv"
+    if path.exists():
+        recorder.command(shlex.join(command), 0.0, cached=True, run_dir=str(dense_dir))
+    else:
+        common.run_command(recorder, command, run_dir=str(dense_dir))
+    return path
 
 
 def scratch(recorder, args, sparsity: float) -> tuple[Path, dict[str, Any]]:
@@ -84,21 +105,58 @@ def scratch(recorder, args, sparsity: float) -> tuple[Path, dict[str, Any]]:
 def baseline(recorder, args, recipe: str = "strong", seed: int = 0) -> dict[str, Any]:
     """The plain tf_keras baseline (`recipe`, see bench/baseline.py) trained for `args.epochs`;
     returns its metrics."""
-    label = f"baseline-{recipe}-e{args.epochs}" + (f"-s{seed}" if seed else "")
-    out = common.relative(Path(args.cache_dir) / label)
+    out = _baseline_dir(args, f"baseline-{recipe}-e{args.epochs}", seed)
+    command = _baseline_command(args, recipe, seed) + ["--out", str(out)]
+    return _cached_baseline(recorder, command, out)[1]
+
+
+def plain_tfmot(
+    recorder, args, sparsity: float, prune_epochs: int, seed: int = 0
+) -> tuple[Path, dict[str, Any]]:
+    """The strong baseline after `args.epochs` (its dense folder shared with `baseline`), pruned
+    with plain tfmot to `sparsity` over `prune_epochs` and exported to int8 (bench/baseline.py).
+
+    Returns:
+        The output folder (metrics.json, int8.tflite) and its metrics.
+    """
+    dense = _baseline_dir(args, f"baseline-strong-e{args.epochs}", seed)
+    label = f"tfmot{round(sparsity * 100)}-e{args.epochs}-p{prune_epochs}"
+    out = _baseline_dir(args, label, seed)
+    command = _baseline_command(args, "strong", seed) + [
+        "--dense-dir",
+        str(dense),
+        "--prune-sparsity",
+        str(sparsity),
+        "--prune-epochs",
+        str(prune_epochs),
+    ]
+    if args.quick:  # Tiny runs: every step updates the masks, few calibration images.
+        command += ["--prune-frequency", "1", "--calibration-samples", "20", "--latency-runs", "5"]
+    return _cached_baseline(recorder, command + ["--out", str(out)], out)
+
+
+def _baseline_dir(args, label: str, seed: int) -> Path:
+    label += (f"-s{seed}" if seed else "") + ("-quick" if args.quick else "")
+    return common.relative(Path(args.cache_dir) / label)
+
+
+def _baseline_command(args, recipe: str, seed: int) -> list[str]:
     command = ["python", "-m", "bench.baseline", "--recipe", recipe, "--epochs", str(args.epochs)]
     if seed:
         command += ["--seed", str(seed)]
     if args.quick:
-        out = out.with_name(out.name + "-quick")
         command += ["--quick", "--steps-per-epoch", "3", "--batch-size", "32"]
-    command += ["--out", str(out)]
+    return command
+
+
+def _cached_baseline(recorder, command: list[str], out: Path) -> tuple[Path, dict[str, Any]]:
+    """Runs a bench.baseline command unless `out` holds its metrics.json already."""
     metrics_path = common.resolve(out) / "metrics.json"
     if metrics_path.exists():
-        recorder.command(" ".join(command), 0.0, cached=True, run_dir=str(out))
+        recorder.command(shlex.join(command), 0.0, cached=True, run_dir=str(out))
     else:
         common.run_command(recorder, command, run_dir=str(out))
-    return json.loads(metrics_path.read_text())
+    return out, json.loads(metrics_path.read_text())
 
 
 def delta_points(accuracy: float, reference: float) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compactcnn import kernels
+from compactcnn import compat, kernels
 from compactcnn.compat import ClusterWeights
 from compactcnn.errors import UserError
 from compactcnn.prune import PRUNABLE_LAYER_TYPES
@@ -98,7 +98,8 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
     (the `Rescaling` input, BatchNorm) is copied as it is, with its weights.
 
     Args:
-        model: A Functional float32 model, pruning stripped, trained (or fine-tuned).
+        model: A Functional model, pruning stripped, trained (or fine-tuned). Under a mixed
+            policy its clustered layers compute in 16 bits; kernels and centroids stay float32.
         number_of_clusters: Shared values per kernel, zero included (3 to 256).
 
     Returns:
@@ -124,11 +125,14 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
         # must hold the trained weights before it is wrapped (clone_model builds it later).
         copy.build(layer.input_shape)
         copy.set_weights(layer.get_weights())
-        return _clustering.cluster_weights(
+        # tfmot's wrapper (what `cluster_weights` returns for one layer), clustering in float32
+        # so it can take the layer's own policy: under a mixed one it computes in 16 bits.
+        return compat.MixedPrecisionClusterWeights(
             copy,
             number_of_clusters=number_of_clusters,
             cluster_centroids_init=CENTROID_INITIALIZATION,
             preserve_sparsity=True,
+            dtype=copy.dtype_policy,
         )
 
     clustered = keras.models.clone_model(model, clone_function=clone_layer)

@@ -10,9 +10,11 @@ tfmot's own `python/core/keras/compat.py`.
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import metadata
 from typing import Any
 
+import tensorflow as tf
 import tf_keras as keras
 
 # (distribution, the version prefix every item below was checked against).
@@ -60,10 +62,18 @@ from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper im
     PruneLowMagnitude,
 )
 
+# Private too: tf_keras has no public way to read an AutoCastVariable in its own dtype inside a
+# layer's call, which casts every one it reads to the layer's compute dtype.
+from tf_keras.src.mixed_precision.autocast_variable import (  # noqa: E402
+    enable_auto_cast_variables,
+)
+
 __all__ = [
     "BackupAfterLogging",
     "ClusterPreserveQuantizeScheme",
     "ClusterWeights",
+    "MixedPrecisionClusterWeights",
+    "MixedPrecisionPruneLowMagnitude",
     "PruneLowMagnitude",
     "QuantizeLayer",
     "qat_supports",
@@ -129,6 +139,65 @@ class ClusterPreserveQuantizeScheme(
 
         registry.get_quantize_config = get_quantize_config
         return registry
+
+
+def _in_float32(method):
+    """`method` with autocasting off: the variables it reads come in their own dtype (float32)."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with enable_auto_cast_variables(None):
+            return method(*args, **kwargs)
+
+    return run
+
+
+# Why these two subclasses (tfmot 0.8.1, tf_keras 2.21): tfmot's wrappers call their inner
+# layer's `call` directly, not the layer, so the inner layer's own policy never casts its inputs
+# or its kernel: a wrapper computes in the wrapper's compute dtype. Given the inner layer's mixed
+# policy, a wrapper computes in 16 bits as any layer would, but the autocasting then also reaches
+# tfmot's own bookkeeping: the mask update and `kernel * mask` read the kernel in bfloat16 and
+# wrote the rounded product back into the float32 master kernel at every step (measured), and the
+# clustering wrapper's centroids became bfloat16 (or its build failed). Both wrappers run that
+# bookkeeping with autocasting off instead, on the float32 master weights.
+
+
+class MixedPrecisionPruneLowMagnitude(PruneLowMagnitude):
+    """tfmot's pruning wrapper, computing in its policy; masks and kernel stay exact float32.
+
+    Give it its inner layer's policy (`dtype=layer.dtype_policy`): Keras then casts the inputs
+    to the compute dtype and reads the (masked) kernel in it, while the threshold, the mask and
+    `kernel * mask` are computed in float32.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        pruning = self.pruning_obj
+        pruning.conditional_mask_update = _in_float32(pruning.conditional_mask_update)
+        pruning.weight_mask_op = _in_float32(pruning.weight_mask_op)
+
+
+# tfmot names each wrapper after its class (`prune_low_magnitude_<layer>`): keep that name.
+MixedPrecisionPruneLowMagnitude.__name__ = PruneLowMagnitude.__name__
+
+
+class MixedPrecisionClusterWeights(ClusterWeights):
+    """tfmot's clustering wrapper, computing in its policy; centroids stay float32.
+
+    Give it its inner layer's policy (`dtype=layer.dtype_policy`). The centroids (at build) and
+    the clustered kernels (at every call) are computed from the float32 kernels in float32;
+    tfmot hands the clustered kernels to the layer as tensors, which autocasting does not reach,
+    so they are cast to the compute dtype here, at use.
+    """
+
+    build = _in_float32(ClusterWeights.build)
+
+    def call(self, inputs, training=None, **kwargs):
+        _in_float32(self.update_clustered_weights_associations)()
+        for name in self.original_clusterable_weights:
+            clustered = self.get_weight_from_layer(name)
+            self.set_weight_to_layer(name, tf.cast(clustered, self.layer.compute_dtype))
+        return self.layer.call(inputs, **kwargs)  # as tfmot's own call
 
 
 def tflite_operators(interpreter: Any) -> list[dict[str, Any]]:

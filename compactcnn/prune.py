@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from compactcnn import allocation, distill, files, kernels
+from compactcnn import allocation, compat, distill, files, kernels
 from compactcnn.compat import PruneLowMagnitude
 from compactcnn.config import PruneConfig
 from compactcnn.errors import UserError
@@ -180,8 +180,9 @@ def wrap(
     The kernel layers are Conv2D, DepthwiseConv2D, SeparableConv2D and Dense (every kernel of
     each). Every other layer is copied as it is, because tfmot cannot wrap some of them (the
     `Rescaling` input layer). Call it inside `strategy.scope()` when training distributed.
-    Wrappers run in float32 under every policy, so mixed precision never rounds the master
-    kernels. `skipped_layers` says which layers stay dense.
+    Under a mixed policy the wrapped layers compute in 16 bits like the rest of the model, while
+    their master kernels, masks and thresholds stay float32 and are masked in float32
+    (`compat.MixedPrecisionPruneLowMagnitude`). `skipped_layers` says which layers stay dense.
 
     With `m_by_n` = [m, n], tfmot sets the masks once, at step 1, to m zeros in every n input
     channels and ignores the sparsity schedule; layers whose input channels are not a multiple of
@@ -224,19 +225,17 @@ def wrap(
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if layer.name in targets:
-            copy = _sparsity.prune_low_magnitude(
-                _prunable_copy(layer),
+            inner = _prunable_copy(layer)
+            # tfmot's wrapper (what `prune_low_magnitude` returns for one layer), with the mask
+            # update kept in float32 so the wrapper can take the layer's own policy: the layer
+            # computes in it (a float32 output layer in float32) and its kernel is never rounded.
+            copy = compat.MixedPrecisionPruneLowMagnitude(
+                inner,
                 pruning_schedule=_layer_schedule(
                     schedule, prune_config, steps_per_epoch, epochs, targets[layer.name]
                 ),
                 sparsity_m_by_n=m_by_n,
-                # The wrapper owns the mask update of the float32 master kernel, so it must run
-                # in float32 even under a mixed policy: with the global policy a float32 layer
-                # fails on a bfloat16/float32 Mul, and with the layer's mixed policy every mask
-                # update rounds the kernel to 16 bits (and fails under MirroredStrategy). The
-                # price: tfmot calls the inner layer's `call` directly, so pruned layers compute
-                # in float32 while the rest of the model (BN, ReLU, Add) stays in 16 bits.
-                dtype="float32",
+                dtype=inner.dtype_policy,
             )
         else:
             copy = layer.__class__.from_config(layer.get_config())

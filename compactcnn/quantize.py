@@ -209,7 +209,9 @@ def prepare_qat(
 
     Args:
         model: A Functional float32 model whose first layer after the input is `Rescaling`,
-            pruning stripped (and clustering stripped, for `preserve_clusters`).
+            pruning stripped (and clustering stripped, for `preserve_clusters`). QAT runs in
+            float32 under every policy: tfmot's fake-quant ops take float32 only (under
+            mixed_bfloat16 they fail on bfloat16 inputs).
         preserve_sparsity: Use tfmot's prune-preserving scheme, so zero weights stay zero while
             fine-tuning (plain QAT lets them drift).
         preserve_clusters: The model's kernels are clustered: use tfmot's cluster-preserving

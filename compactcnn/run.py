@@ -503,16 +503,26 @@ def _train_metrics(history, training: Training, wall_seconds: float) -> dict[str
 
 
 def _cluster_finetune(float_model, config: Config, training: Training):
-    """Fine-tunes with shared weight values per layer; returns the float32 model with them."""
-    with training.strategy.scope():
-        clustered = cluster.prepare(float_model, config.quantize.weight_clusters)
-    _finetune(
-        clustered,
-        config,
-        training,
-        config.quantize.cluster_learning_rate,
-        config.quantize.cluster_epochs,
-    )
+    """Fine-tunes with shared weight values per layer; returns the float32 model with them.
+
+    In the training precision, as training was: the clustered layers compute in its 16 bits
+    while kernels and centroids stay float32 (`compat.MixedPrecisionClusterWeights`).
+    """
+    policy = distribute.set_precision(training.precision_policy)
+    try:
+        with training.strategy.scope():
+            clustered = cluster.prepare(
+                with_policy(float_model, policy), config.quantize.weight_clusters
+            )
+        _finetune(
+            clustered,
+            config,
+            training,
+            config.quantize.cluster_learning_rate,
+            config.quantize.cluster_epochs,
+        )
+    finally:
+        distribute.set_precision("float32")
     float_model.set_weights(cluster.strip(clustered).get_weights())
     return float_model
 

@@ -4,12 +4,21 @@ They check the plumbing (machine description, commands with wall times, positive
 that are the quotient of the rates measured), never timing targets: the machine is shared.
 """
 
+import gzip
+import hashlib
 import json
 import statistics
 
 import pytest
 
-from bench import common, data_pipeline, runs, tflite_latency, train_throughput
+from bench import (
+    accuracy_budget,
+    common,
+    data_pipeline,
+    runs,
+    tflite_latency,
+    train_throughput,
+)
 
 # The --quick smoke runs of the benchmarks take minutes: part of CI, not of `-m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -78,6 +87,71 @@ def test_tflite_latency_quick_files_latencies_and_zeros(tmp_path):
     assert by_key["dense", "int8"]["bytes"] < 0.35 * by_key["dense", "float32"]["bytes"]
     assert by_key["sparse70", "int8"]["gzip_bytes"] < by_key["dense", "int8"]["gzip_bytes"]
     assert payload["results"]["eval_images"] == 200
+
+
+def _recount_int8_zeros(path):
+    """Zeros among the conv and fully-connected weights, read with LiteRT alone (int8 weights
+    have zero point 0)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    weights = zeros = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            values = interpreter.get_tensor(int(op["inputs"][1]))
+            weights += values.size
+            zeros += int((values == 0).sum())
+    return zeros / weights
+
+
+def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
+    # A cache folder of its own: every row really runs (cached runs would hide a broken row).
+    # Our whole chain and plain tfmot only: the other rows are the chain with one override
+    # changed, and each prune-and-cluster-preserving QAT graph costs minutes to build on 2 cores.
+    args = ["--quick", "--results-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--rows", "best,plain_tfmot"]
+    accuracy_budget.main(args)
+    payload = _load(tmp_path, "accuracy_budget")
+    results = payload["results"]
+    rows = {(row["row"], row["sparsity"]): row for row in results["rows"]}
+    assert set(rows) == {("dense", 0.0), ("best", 0.7), ("plain_tfmot", 0.7)}
+    budget = results["budget"]
+    assert budget["compression_epochs"] == sum(budget["chain"].values()) == 3
+    for (kind, _), row in rows.items():
+        # Same budget in all: the chain's cluster and QAT epochs prune in the rows without it.
+        wanted = budget["dense_epochs"] + (0 if kind == "dense" else budget["compression_epochs"])
+        assert row["epochs"]["total"] == wanted
+        path = common.resolve(row["int8_file"])
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["int8_sha256"]
+        assert row["gzip_bytes"] == _gzip_bytes(path)
+        assert row["latency_ms"] > 0 and row["drop_points"] is not None
+    best, plain = rows["best", 0.7], rows["plain_tfmot", 0.7]
+    assert best["epochs"] == {"dense": 1, "prune": 1, "cluster": 1, "qat": 1, "total": 4}
+    assert plain["epochs"] == {"dense": 1, "prune": 3, "cluster": 0, "qat": 0, "total": 4}
+    # Zeros are counted in the file: a LiteRT count of our own agrees.
+    for row in (best, plain):
+        assert row["zeros_fraction"] == pytest.approx(_recount_int8_zeros(row["int8_file"]))
+    assert plain["zeros_fraction"] == pytest.approx(0.7, abs=0.02)
+    assert best["int8_qat"] and best["max_distinct_per_scale"] <= results["clusters"]
+    commands = [command["command"] for command in payload["commands"]]
+    assert any(" sensitivity " in command for command in commands)
+    assert any("--prune-sparsity 0.7" in command for command in commands)
+    assert all(target["value"] is not None for target in payload["targets"].values())
+    assert len(payload["targets"]) == 3
+
+    # A second call takes every row from the results JSON, running nothing.
+    accuracy_budget.main(args)
+    again = _load(tmp_path, "accuracy_budget")
+    assert len(again["commands"]) == 1
+    assert again["results"]["rows"] == results["rows"]
+
+
+def _gzip_bytes(path):
+    return len(gzip.compress(path.read_bytes(), compresslevel=9))
 
 
 def test_zero_smallest_zeroes_the_smallest_kernel_entries_only(tmp_path):

@@ -79,3 +79,26 @@ def test_qat_support_is_the_default_8bit_registry_answer():
     assert compat.qat_supports(keras.layers.DepthwiseConv2D(3))
     assert not compat.qat_supports(keras.layers.PReLU())
     assert not compat.qat_supports(keras.layers.Multiply())
+
+
+def test_mixed_precision_wrappers_use_tfmots_names_and_hooks():
+    """The subclasses keep tfmot's wrapper names and wrap or call tfmot's own methods."""
+    images = tf.ones((1, 3))
+    pruned = compat.MixedPrecisionPruneLowMagnitude(
+        keras.layers.Dense(2, dtype="mixed_bfloat16", name="dense"), dtype="mixed_bfloat16"
+    )
+    assert pruned.name == "prune_low_magnitude_dense"
+    pruned.build((None, 3))
+    kernel = pruned.layer.kernel.numpy()
+    assert pruned(images).dtype == tf.bfloat16
+    # The call masked the kernel (tfmot's `weight_mask_op`) in float32: nothing was rounded.
+    np.testing.assert_array_equal(pruned.layer.kernel.numpy(), kernel)
+    clustered = compat.MixedPrecisionClusterWeights(
+        keras.layers.Dense(4, dtype="mixed_bfloat16", name="dense"),
+        number_of_clusters=3,
+        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.LINEAR,
+        dtype="mixed_bfloat16",
+    )
+    assert clustered.name == "cluster_dense"
+    assert clustered(images).dtype == tf.bfloat16
+    assert clustered.cluster_centroids["kernel"].dtype == tf.float32
