@@ -33,6 +33,7 @@ USER_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     import tf_keras as keras
 
+    keras.utils.set_random_seed(0)  # the test's own: one initialization, run after run
     inputs = keras.Input((48, 48, 3))
     with tf.name_scope("feature_block"):
         x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
@@ -90,7 +91,7 @@ def test_user_model_through_compactcnn_run(tmp_path):
             model:
               name: {model_path}
             train:
-              epochs: 2
+              epochs: 3
               batch_size: 16
               learning_rate: 0.05
               warmup_epochs: 0
@@ -157,6 +158,6 @@ def test_user_model_through_compactcnn_run(tmp_path):
     # 48 images, so each flip costs 2 points (CI once saw 47/48). Allow two.
     assert agree / len(test_images) >= 0.95
     assert metrics["tflite"]["int8"]["agreement"] >= 0.95
-    # And the task was learned: chance is 1/3; two epochs scored from 0.85 to above 0.9 over
-    # repeated runs (threaded kernels make training vary a little from run to run).
-    assert np.mean(keras_top == np.array(test_labels)) >= 0.75
+    # And the task was learned: chance is 1/3. With an unseeded initialization two epochs
+    # scored anywhere from 0.67 to above 0.9; seeded, three epochs scored 1.0 in three runs.
+    assert np.mean(keras_top == np.array(test_labels)) >= 0.9
