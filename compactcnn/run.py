@@ -343,13 +343,11 @@ def compress(
             "clusters": config.quantize.weight_clusters,
             **cluster.distinct_values_report(float_model),
         }
-    # With the final weights (after clustering), so the exported file and QAT start from them.
+    # With the final weights (after clustering), so the exported file and QAT start from them,
+    # on the augmented training batches (the run's own stream, read from its start: the same
+    # batches on every worker).
     train.recalibrate_batchnorm(
-        float_model,
-        training.data.x_train,
-        config.train.bn_recalibration_batches,
-        training.global_batch,
-        seed=config.train.seed,
+        float_model, training.train_data, config.train.bn_recalibration_batches
     )
     if distribute.worker_count(training.strategy) > 1:
         # Every worker prints it, so anyone can check that the copies trained in lock step.

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -170,37 +170,38 @@ def compile_model(
     )
 
 
-def recalibrate_batchnorm(
-    model: keras.Model, images: np.ndarray, batches: int, batch_size: int, seed: int = 0
-) -> int:
+def recalibrate_batchnorm(model: keras.Model, batches: Iterable, count: int) -> int:
     """Recomputes every BatchNormalization layer's moving mean and variance with the final weights.
 
     Each layer's momentum is set to k / (k + 1) for the k-th batch, which makes the moving
     statistics the exact average over the batches seen, then restored. Only the statistics
     change: no weight is updated.
 
+    The batches should be the training batches as training saw them, augmentation included (as
+    SWA's BN update does). Measured on a dense ResNet-20 trained 10 epochs on CIFAR-10 with crop
+    and flip: 83.45% with the moving averages, 83.42% recalibrated on 50 augmented batches, but
+    81.29% recalibrated on unaugmented images: the weights were learned under the statistics of
+    augmented images, so "test-like" statistics shift every layer's normalization.
+
     Args:
         model: A float model (BN layers at its top level, as in every model compactcnn builds).
-        images: Training images, uint8 NHWC, unaugmented: the statistics should match test time.
-        batches: How many batches to average over (0 does nothing).
-        batch_size: Images per batch.
-        seed: Seed of the batches drawn.
+        batches: Image batches (float32 or uint8 NHWC), or (images, labels) pairs, e.g. the
+            run's training dataset; read until `count` batches have been seen.
+        count: How many batches to average over (0 does nothing).
 
     Returns:
         The number of BatchNormalization layers recalibrated.
     """
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers or batches < 1 or not len(images):
+    if not layers or count < 1:
         return 0
     momentums = [layer.momentum for layer in layers]
-    generator = np.random.default_rng(seed)
-    count = min(batch_size, len(images))
     try:
-        for k in range(batches):
+        for k, batch in enumerate(itertools.islice(iter(batches), count)):
+            images = batch[0] if isinstance(batch, tuple | list) else batch
             for layer in layers:
                 layer.momentum = k / (k + 1)
-            chosen = np.sort(generator.choice(len(images), count, replace=False))
-            model(images[chosen].astype(np.float32), training=True)
+            model(tf.cast(images, tf.float32), training=True)
     finally:
         for layer, momentum in zip(layers, momentums, strict=True):
             layer.momentum = momentum

@@ -137,15 +137,20 @@ def test_batchnorm_recalibration_averages_exactly_over_the_batches_and_keeps_wei
     bn.moving_variance.assign([9.0, 9.0, 9.0])
     gamma, beta = bn.gamma.numpy().copy(), bn.beta.numpy().copy()
     images = np.random.default_rng(1).integers(0, 256, (40, 2, 2, 3)).astype(np.uint8)
-    assert train.recalibrate_batchnorm(model, images, batches=3, batch_size=8, seed=5) == 1
-    generator = np.random.default_rng(5)
-    batches = [
-        images[np.sort(generator.choice(40, 8, replace=False))].astype(np.float64) for _ in range(3)
-    ]
+    labels = np.zeros(40, np.int32)
+    # (images, labels) batches as a training stream gives them; only the first 3 of 5 count.
+    stream = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    assert train.recalibrate_batchnorm(model, stream, count=3) == 1
+    batches = [images[8 * k : 8 * (k + 1)].astype(np.float64) for k in range(3)]
     expected_mean = np.mean([batch.mean(axis=(0, 1, 2)) for batch in batches], axis=0)
     np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-4)
     assert np.all(bn.moving_variance.numpy() > 100)  # pixel variance, not the stale 9
     assert bn.momentum == 0.99
     np.testing.assert_array_equal(bn.gamma.numpy(), gamma)
     np.testing.assert_array_equal(bn.beta.numpy(), beta)
-    assert train.recalibrate_batchnorm(model, images, batches=0, batch_size=8) == 0
+    # Bare image batches work too; count 0 does nothing.
+    assert train.recalibrate_batchnorm(model, [images[:8]], count=1) == 1
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), images[:8].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-4
+    )
+    assert train.recalibrate_batchnorm(model, stream, count=0) == 0
