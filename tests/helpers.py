@@ -2,6 +2,8 @@
 
 import socket
 
+from compactcnn.cli import main
+
 
 def free_ports(count: int) -> list[int]:
     """Loopback ports free right now, for the TF_CONFIG of local worker processes.
@@ -19,3 +21,17 @@ def free_ports(count: int) -> list[int]:
     for sock in sockets:
         sock.close()
     return ports
+
+
+def one_line_error(capsys, argv: list[str], expected: str) -> str:
+    """Runs the CLI in-process; asserts exit 2 and a one-line `error:` naming `expected`.
+
+    Returns:
+        The error line.
+    """
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ")
+    assert "\n" not in err and "Traceback" not in err
+    assert expected in err
+    return err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compactcnn.cli import main
+from tests.helpers import one_line_error
 from tests.tiny import build_tiny_model
 
 
@@ -37,24 +37,15 @@ def _image_tree(root, extra: dict[str, bytes] | None = None):
     return root
 
 
-def _one_line_error(capsys, argv, expected):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ")
-    assert "\n" not in err and "Traceback" not in err
-    assert expected in err
-    return err
-
-
 def test_unknown_config_key(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  epoch: 3\n")
-    _one_line_error(capsys, ["run", str(config), "--out", str(tmp_path / "run")], "train.epoch")
+    one_line_error(capsys, ["run", str(config), "--out", str(tmp_path / "run")], "train.epoch")
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(tmp_path, capsys):
-    _one_line_error(capsys, ["run", str(tmp_path / "nope.yaml")], "not found")
+    one_line_error(capsys, ["run", str(tmp_path / "nope.yaml")], "not found")
 
 
 def test_truncated_archive(tmp_path, capsys):
@@ -70,10 +61,10 @@ def test_truncated_archive(tmp_path, capsys):
     model = tmp_path / "m.keras"
     build_tiny_model().save(model)  # a good model: the error must come from the archive
     argv = ["evaluate", str(model), "--data", "imagefolder"]
-    err = _one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "archive")
+    err = one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "archive")
     assert str(archive) in err and "not a readable tar archive" in err
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--set"]
-    err = _one_line_error(
+    err = one_line_error(
         capsys, [*run_argv, "data.name=imagefolder", "--set", f"data.path={archive}"], "archive"
     )
     assert str(archive) in err
@@ -83,7 +74,7 @@ def test_folder_without_train(tmp_path, capsys):
     (tmp_path / "images" / "test" / "a").mkdir(parents=True)
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
     sets = ["--set", "data.name=imagefolder", "--set", f"data.path={tmp_path / 'images'}"]
-    _one_line_error(capsys, [*run_argv, *sets], "train")
+    one_line_error(capsys, [*run_argv, *sets], "train")
     assert not (tmp_path / "run").exists()
 
 
@@ -91,22 +82,22 @@ def test_non_image_file_among_images(tmp_path, capsys):
     root = _image_tree(tmp_path / "images", {"train/a/notes.txt": b"not an image"})
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
     sets = ["--set", "data.name=imagefolder", "--set", f"data.path={root}"]
-    _one_line_error(capsys, [*run_argv, *sets], "notes.txt")
+    one_line_error(capsys, [*run_argv, *sets], "notes.txt")
     assert not (tmp_path / "run").exists()
 
 
 def test_corrupt_tflite_to_evaluate_and_predict(tmp_path, capsys):
     model = tmp_path / "broken.tflite"
     model.write_bytes(b"TFL3 this is not a flatbuffer")
-    _one_line_error(capsys, ["evaluate", str(model), "--data", "sample"], "corrupt")
+    one_line_error(capsys, ["evaluate", str(model), "--data", "sample"], "corrupt")
     image = tmp_path / "x.jpg"
     image.write_bytes(_jpeg(0))
-    _one_line_error(capsys, ["predict", str(model), str(image)], "corrupt")
+    one_line_error(capsys, ["predict", str(model), str(image)], "corrupt")
 
 
 def test_pruning_mistake_leaves_no_run_directory(tmp_path, capsys):
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
-    _one_line_error(capsys, [*run_argv, "--set", "prune.exclude=[no_such_layer]"], "matches no")
+    one_line_error(capsys, [*run_argv, "--set", "prune.exclude=[no_such_layer]"], "matches no")
     assert not (tmp_path / "run").exists()
 
 
@@ -114,7 +105,7 @@ def test_from_run_model_of_another_task_is_one_line(tmp_path, capsys):
     model = tmp_path / "four_classes.keras"
     build_tiny_model(num_classes=4).save(model)
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
-    err = _one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "from_run")
+    err = one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "from_run")
     assert "4 classes" in err and "10 classes" in err
     assert not (tmp_path / "run").exists()
 
@@ -123,6 +114,6 @@ def test_from_run_model_of_another_architecture_is_one_line(tmp_path, capsys):
     model = tmp_path / "tiny.keras"
     build_tiny_model(num_classes=10).save(model)
     run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
-    err = _one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "architecture")
+    err = one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "architecture")
     assert "resnet20" in err
     assert not (tmp_path / "run").exists()

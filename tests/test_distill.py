@@ -17,10 +17,10 @@ import tf_keras as keras
 import yaml
 
 from compactcnn import distill, prune, run, train
-from compactcnn.cli import main
 from compactcnn.config import DistillConfig, PruneConfig, TrainConfig, load_config
 from compactcnn.data import load_data
 from compactcnn.models import create_model
+from tests.helpers import one_line_error
 from tests.tiny import build_tiny_model, colour_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,15 +304,6 @@ def test_mirrored_training_takes_the_same_steps_as_one_device():
     assert float(two_loss) == pytest.approx(float(one_loss), rel=1e-5)
 
 
-def _one_line_error(capsys, argv, expected):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ")
-    assert "\n" not in err and "Traceback" not in err
-    assert expected in err
-    return err
-
-
 def _logits_model(path):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
@@ -351,7 +342,7 @@ def test_bad_distillation_input_is_one_line_before_training(tmp_path, capsys, ca
         extra = ["distill.temperature=0"]
     run_dir = tmp_path / "run"
     sets = [part for item in _run_settings(teacher, *extra) for part in ("--set", item)]
-    err = _one_line_error(
+    err = one_line_error(
         capsys, ["run", "configs/quickstart.yaml", "--out", str(run_dir), *sets], expected
     )
     if case not in ("alpha", "temperature"):
