@@ -162,8 +162,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    weight_decay_form: str = "decoupled"
+    weight_decay: float = 1e-3
+    weight_decay_form: str = "gradient"
     decay_all_weights: bool = False
     label_smoothing: float = 0.1
     scale_learning_rate: bool = True
