@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from compactcnn import pretrained
 from compactcnn.errors import UserError
 from compactcnn.registry import Registry
 
@@ -354,8 +355,7 @@ def sensitivity_path(prune: PruneConfig) -> Path:
                 "`compactcnn sensitivity RUN` (RUN/sensitivity.csv)"
             )
         return path
-    run = Path(str(prune.from_run)).expanduser()
-    folder = run if run.is_dir() else run.parent
+    folder = pretrained.resolve(str(prune.from_run), "prune.from_run").parent
     path = folder / SENSITIVITY_FILE
     if not path.is_file():
         raise UserError(

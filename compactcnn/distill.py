@@ -17,13 +17,13 @@ student (pruning, the clustering and QAT fine-tunes) exports the student alone (
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from compactcnn import pretrained
 from compactcnn.config import DistillConfig
 from compactcnn.errors import UserError
 
@@ -187,36 +187,6 @@ def student_of(model: keras.Model) -> keras.Model:
     return model.student if isinstance(model, Distiller) else model
 
 
-def resolve_teacher(teacher: str) -> Path:
-    """Finds the teacher's `.keras` file.
-
-    Args:
-        teacher: A finished run directory (its `model.keras` is used) or a `.keras` file.
-
-    Raises:
-        UserError: When the path is missing, not a `.keras` file, or a run without model.keras.
-    """
-    path = Path(teacher).expanduser()
-    if path.is_dir():
-        if not (path / "model.keras").is_file():
-            raise UserError(
-                f"distill.teacher '{teacher}' holds no model.keras; pass a finished run "
-                "directory or a .keras file"
-            )
-        return path / "model.keras"
-    if not path.exists():
-        raise UserError(
-            f"distill.teacher '{teacher}' does not exist; pass a finished run directory or a "
-            ".keras file"
-        )
-    if path.suffix != ".keras":
-        raise UserError(
-            f"distill.teacher '{teacher}' is not a .keras file; pass a finished run directory "
-            "or a model saved by tf_keras (model.save('teacher.keras'))"
-        )
-    return path
-
-
 def load_teacher(
     distill_config: DistillConfig, num_classes: int, image_size: tuple[int, int]
 ) -> keras.Model | None:
@@ -236,7 +206,7 @@ def load_teacher(
     """
     if not enabled(distill_config):
         return None
-    path = resolve_teacher(distill_config.teacher)
+    path = pretrained.resolve(distill_config.teacher, "distill.teacher")
     try:
         teacher = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Loaders raise many types for a damaged or foreign file.
@@ -295,7 +265,7 @@ def report(
         predicted = np.argmax(np.asarray(probabilities), axis=-1)
         correct += int(np.sum(predicted == labels[start : start + _EVALUATION_BATCH]))
     return {
-        "teacher": str(resolve_teacher(distill_config.teacher)),
+        "teacher": str(pretrained.resolve(distill_config.teacher, "distill.teacher")),
         "alpha": distill_config.alpha,
         "temperature": distill_config.temperature,
         "teacher_test_accuracy": correct / len(images) if len(images) else None,

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -423,37 +422,3 @@ def write_schedule_csv(
         writer = csv.writer(file)
         writer.writerow(["step", "target_sparsity"])
         writer.writerows((step, f"{target:.6f}") for step, target in rows)
-
-
-def resolve_pretrained(from_run: str) -> Path:
-    """Finds the dense model to fine-tune from.
-
-    Args:
-        from_run: A finished run directory (its `model.keras` is used) or a `.keras` file.
-
-    Returns:
-        The path of the `.keras` file.
-
-    Raises:
-        UserError: When the path is missing, not a `.keras` file, or the run is unfinished.
-    """
-    path = Path(from_run).expanduser()
-    if path.is_dir():
-        model_path = path / "model.keras"
-        if not (path / "metrics.json").is_file() or not model_path.is_file():
-            raise UserError(
-                f"prune.from_run '{from_run}' is not a finished run (no metrics.json or "
-                "model.keras); wait for it to finish or pass its model.keras file"
-            )
-        return model_path
-    if not path.is_file():
-        raise UserError(
-            f"prune.from_run '{from_run}' does not exist; pass a finished run directory "
-            "or a .keras file"
-        )
-    if path.suffix != ".keras":
-        raise UserError(
-            f"prune.from_run '{from_run}' is not a .keras file; pass a finished run directory "
-            "or its model.keras"
-        )
-    return path

@@ -31,6 +31,7 @@ from compactcnn import (
     evaluate,
     files,
     ownership,
+    pretrained,
     prune,
     quantize,
     train,
@@ -247,7 +248,8 @@ def record_config(config: Config, training: Training, write_dir: Path) -> None:
         "image_size": _image_size(training),
     }
     if training.teacher is not None:
-        resolved["distill_teacher"] = str(distill.resolve_teacher(config.distill.teacher))
+        teacher_file = pretrained.resolve(config.distill.teacher, "distill.teacher")
+        resolved["distill_teacher"] = str(teacher_file)
     save_config(config, write_dir / "config.yaml", resolved=resolved)
     if config.prune.schedule != "none" and distribute.is_chief(training.strategy):
         prune.write_schedule_csv(
@@ -456,10 +458,10 @@ def _shard_by_data() -> tf.data.Options:
 
 def _load_pretrained(from_run: str, model: keras.Model) -> None:
     """Copies the weights of the `prune.from_run` model into `model`, which must match it."""
-    path = prune.resolve_pretrained(from_run)
-    pretrained = keras.models.load_model(path, compile=False)
+    path = pretrained.resolve(from_run, "prune.from_run")
+    source = keras.models.load_model(path, compile=False)
     wanted = (tuple(model.input_shape[1:]), model.output_shape[-1])
-    found = (tuple(pretrained.input_shape[1:]), pretrained.output_shape[-1])
+    found = (tuple(source.input_shape[1:]), source.output_shape[-1])
     if found != wanted:
         raise UserError(
             f"prune.from_run model '{path}' takes {found[0]} images with {found[1]} classes, "
@@ -467,10 +469,10 @@ def _load_pretrained(from_run: str, model: keras.Model) -> None:
             "a model trained on the same data and image size"
         )
     try:
-        _copy_weights(pretrained, model)
+        _copy_weights(source, model)
     except ValueError:
         raise UserError(
-            f"prune.from_run model '{path}' ({pretrained.name}) is another architecture than "
+            f"prune.from_run model '{path}' ({source.name}) is another architecture than "
             f"model.name ({model.name}); set model.name to the one it was trained as"
         ) from None
 

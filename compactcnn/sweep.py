@@ -2,7 +2,7 @@
 
 A study YAML names a base config and a grid of `--set` overrides:
 
-    base: ../quickstart.yaml          # relative to the study file
+    base: ../sample_scratch.yaml          # relative to the study file
     set: {train.epochs: 2}            # optional, applied to every point
     grid: {prune.schedule: [constant, polynomial], prune.final_sparsity: [0.6, 0.7]}
     sample: 3                         # optional: a seeded random subset of the grid points

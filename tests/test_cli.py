@@ -63,7 +63,7 @@ def test_truncated_archive(tmp_path, capsys):
     argv = ["evaluate", str(model), "--data", "imagefolder"]
     err = one_line_error(capsys, [*argv, "--set", f"data.path={archive}"], "archive")
     assert str(archive) in err and "not a readable tar archive" in err
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--set"]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run"), "--set"]
     err = one_line_error(
         capsys, [*run_argv, "data.name=imagefolder", "--set", f"data.path={archive}"], "archive"
     )
@@ -72,7 +72,7 @@ def test_truncated_archive(tmp_path, capsys):
 
 def test_folder_without_train(tmp_path, capsys):
     (tmp_path / "images" / "test" / "a").mkdir(parents=True)
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run")]
     sets = ["--set", "data.name=imagefolder", "--set", f"data.path={tmp_path / 'images'}"]
     one_line_error(capsys, [*run_argv, *sets], "train")
     assert not (tmp_path / "run").exists()
@@ -80,7 +80,7 @@ def test_folder_without_train(tmp_path, capsys):
 
 def test_non_image_file_among_images(tmp_path, capsys):
     root = _image_tree(tmp_path / "images", {"train/a/notes.txt": b"not an image"})
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run")]
     sets = ["--set", "data.name=imagefolder", "--set", f"data.path={root}"]
     one_line_error(capsys, [*run_argv, *sets], "notes.txt")
     assert not (tmp_path / "run").exists()
@@ -96,7 +96,7 @@ def test_corrupt_tflite_to_evaluate_and_predict(tmp_path, capsys):
 
 
 def test_pruning_mistake_leaves_no_run_directory(tmp_path, capsys):
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run")]
     one_line_error(capsys, [*run_argv, "--set", "prune.exclude=[no_such_layer]"], "matches no")
     assert not (tmp_path / "run").exists()
 
@@ -104,7 +104,7 @@ def test_pruning_mistake_leaves_no_run_directory(tmp_path, capsys):
 def test_from_run_model_of_another_task_is_one_line(tmp_path, capsys):
     model = tmp_path / "four_classes.keras"
     build_tiny_model(num_classes=4).save(model)
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run")]
     err = one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "from_run")
     assert "4 classes" in err and "10 classes" in err
     assert not (tmp_path / "run").exists()
@@ -113,7 +113,7 @@ def test_from_run_model_of_another_task_is_one_line(tmp_path, capsys):
 def test_from_run_model_of_another_architecture_is_one_line(tmp_path, capsys):
     model = tmp_path / "tiny.keras"
     build_tiny_model(num_classes=10).save(model)
-    run_argv = ["run", "configs/quickstart.yaml", "--out", str(tmp_path / "run")]
+    run_argv = ["run", "configs/sample_scratch.yaml", "--out", str(tmp_path / "run")]
     err = one_line_error(capsys, [*run_argv, "--set", f"prune.from_run={model}"], "architecture")
     assert "resnet20" in err
     assert not (tmp_path / "run").exists()

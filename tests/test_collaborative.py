@@ -197,7 +197,7 @@ def test_pcqat_keeps_zeros_and_clusters_of_every_kernel_kind():
 
 
 def test_one_cluster_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
-    argv = ["run", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "run")]
+    argv = ["run", str(ROOT / "configs" / "sample_scratch.yaml"), "--out", str(tmp_path / "run")]
     assert main([*argv, "--set", "quantize.weight_clusters=1", "--set", "quantize.qat=true"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err

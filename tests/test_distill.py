@@ -343,7 +343,7 @@ def test_bad_distillation_input_is_one_line_before_training(tmp_path, capsys, ca
     run_dir = tmp_path / "run"
     sets = [part for item in _run_settings(teacher, *extra) for part in ("--set", item)]
     err = one_line_error(
-        capsys, ["run", "configs/quickstart.yaml", "--out", str(run_dir), *sets], expected
+        capsys, ["run", "configs/sample_scratch.yaml", "--out", str(run_dir), *sets], expected
     )
     if case not in ("alpha", "temperature"):
         assert "distill.teacher" in err

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT_SECONDS = 300
 
 # Pruned to 70% while training 3 epochs of 6 steps, per-replica batch 16. ResNet-8 rather than
-# the quickstart's ResNet-20: what is tested is the distribution, and every process builds,
+# the sample config's ResNet-20: what is tested is the distribution, and every process builds,
 # trains and converts its model on the same 2 cores.
 TINY = [
     "--set", "model.name=resnet8_tiny",
@@ -49,7 +49,7 @@ UNSCALED = ["--set", "train.scale_learning_rate=false"]
 
 def command(run_dir: Path, *settings: str) -> list[str]:
     return [
-        sys.executable, "-m", "compactcnn", "run", "configs/quickstart.yaml",
+        sys.executable, "-m", "compactcnn", "run", "configs/sample_scratch.yaml",
         "--out", str(run_dir), "--verbose", "2", *TINY, *settings,
     ]  # fmt: skip
 
@@ -155,7 +155,7 @@ def test_mirrored_run_has_two_replicas_global_batch_and_scaled_rate(mirrored_run
     assert metrics["run"]["strategy"] == "MirroredStrategy"
     assert metrics["run"]["replicas"] == 2 and metrics["run"]["workers"] == 1
     assert metrics["run"]["global_batch_size"] == 32
-    # Linear scaling: 0.1 (quickstart) x 32 / 128.
+    # Linear scaling: 0.1 (sample_scratch) x 32 / 128.
     assert resolved(run_dir) == {
         "replicas": 2,
         "global_batch_size": 32,

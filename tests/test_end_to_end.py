@@ -5,30 +5,27 @@ These are the suite's slow tests (about a minute together).
 
 import csv
 import gzip
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tf_keras as keras
-from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from compactcnn import cli
+from tests.helpers import independent_tflite_accuracy, sample_test_set
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "compactcnn" / "data" / "sample" / "cifar10-sample.tar.gz"
 pytestmark = pytest.mark.slow
 # Measured: the killed-and-resumed synthetic run ends at 1.0 validation and test accuracy
 # (0.19 before BN recalibration); chance is 0.1.
 VALIDATION_FLOOR = 0.9
+QUICKSTART_FLOOR = 0.7
 
 
 def compactcnn(*args, **kwargs):
@@ -42,42 +39,6 @@ def compactcnn(*args, **kwargs):
         text=True,
         **kwargs,
     )
-
-
-def sample_test_set():
-    """Decodes the sample's test images here, independently of compactcnn's loader."""
-    images, labels = [], []
-    with tarfile.open(SAMPLE) as tar:
-        members = sorted(
-            (m for m in tar.getmembers() if m.isfile() and "/test/" in f"/{m.name}"),
-            key=lambda m: m.name,
-        )
-        classes = sorted({Path(m.name).parent.name for m in members})
-        for member in members:
-            blob = tar.extractfile(member).read()
-            images.append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
-            labels.append(classes.index(Path(member.name).parent.name))
-    return np.stack(images), np.array(labels), classes
-
-
-def independent_tflite_accuracy(path, images, labels):
-    """Feeds raw 0-255 pixels one at a time, reading the input quantization from the file."""
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    output = interpreter.get_output_details()[0]["index"]
-    correct = 0
-    for image, label in zip(images, labels, strict=True):
-        value = image[None].astype(np.float32)
-        if detail["dtype"] != np.float32:
-            scale, zero_point = detail["quantization"]
-            value = np.round(value / scale + zero_point)
-            limits = np.iinfo(detail["dtype"])
-            value = np.clip(value, limits.min, limits.max).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], value)
-        interpreter.invoke()
-        correct += int(np.argmax(interpreter.get_tensor(output)[0]) == label)
-    return correct / len(labels)
 
 
 # Short enough for CI (3 epochs of 5 steps, pruned at steps 0, 5 and 10, a few dozen calibration
@@ -130,7 +91,10 @@ def test_quickstart_writes_the_run_directory(quickstart_run):
 def test_quickstart_metrics_and_pruning_survive_to_tflite(quickstart_run):
     run_dir = quickstart_run[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["keras"]["test_accuracy"] <= 1.0
+    # Fine-tuned from the shipped 30-epoch ResNet-20 (91.5% dense on these 200 test images):
+    # measured 0.805 float32 and 0.765 int8 (QAT) after these 15 steps; from scratch, ~0.3.
+    assert metrics["keras"]["test_accuracy"] >= QUICKSTART_FLOOR
+    assert metrics["tflite"]["int8"]["accuracy"] >= QUICKSTART_FLOOR - 0.05
     assert metrics["keras"]["params"] == 274_042
     assert metrics["train"]["epochs"] == 3 and metrics["train"]["images_per_second"] > 0
     pruning = metrics["pruning"]
@@ -192,7 +156,7 @@ def test_evaluate_predict_and_rerun_commands(quickstart_run, capsys):
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "run"
     args = [
-        "run", "configs/quickstart.yaml", "--out", str(run_dir), "--verbose", "2",
+        "run", "configs/sample_scratch.yaml", "--out", str(run_dir), "--verbose", "2",
         "--set", "data.name=synthetic", "--set", "data.synthetic_size=320",
         "--set", "train.batch_size=32", "--set", "train.epochs=4",
         "--set", "train.steps_per_epoch=30",

@@ -83,7 +83,7 @@ def held(tmp_path):
 def test_a_second_process_gets_one_line_naming_the_holder_and_touches_nothing(held, capsys):
     run_dir, pid = held
     before = _snapshot(run_dir)
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     _one_line_error(capsys, argv, "in use", f"pid {pid}", "since", "--out")
     assert _snapshot(run_dir) == before
     assert ownership.holder(run_dir)["pid"] == pid
@@ -107,7 +107,7 @@ def _started_run(tmp_path, overrides=()):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     save_config(
-        load_config(REPO / "configs/quickstart.yaml", list(overrides)), run_dir / "config.yaml"
+        load_config(REPO / "configs/sample_scratch.yaml", list(overrides)), run_dir / "config.yaml"
     )
     (run_dir / "backup").mkdir()
     return run_dir
@@ -116,7 +116,7 @@ def _started_run(tmp_path, overrides=()):
 def test_a_restart_with_another_config_lists_the_changed_keys(tmp_path, capsys):
     run_dir = _started_run(tmp_path)
     before = _snapshot(run_dir)
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     argv += _set(["prune.final_sparsity=0.9", "train.epochs=31"])
     _one_line_error(
         capsys,
@@ -132,13 +132,13 @@ def test_a_restart_with_another_config_lists_the_changed_keys(tmp_path, capsys):
 
 
 def test_keys_that_cannot_change_the_result_may_change():
-    base = load_config(REPO / "configs/quickstart.yaml")
+    base = load_config(REPO / "configs/sample_scratch.yaml")
     neutral = load_config(
-        REPO / "configs/quickstart.yaml",
+        REPO / "configs/sample_scratch.yaml",
         ["output.latency_runs=3", "output.tensorboard=false", "distribute.save_freq=7"],
     )
     assert ownership.changed_keys(base, neutral) == []
-    other = load_config(REPO / "configs/quickstart.yaml", ["train.seed=1"])
+    other = load_config(REPO / "configs/sample_scratch.yaml", ["train.seed=1"])
     assert ownership.changed_keys(base, other) == ["train.seed: 0 -> 1"]
 
 
@@ -146,7 +146,7 @@ def test_keys_that_cannot_change_the_result_may_change():
 def test_a_damaged_config_yaml_of_a_started_run_is_one_line(tmp_path, capsys, content):
     run_dir = _started_run(tmp_path)
     (run_dir / "config.yaml").write_text(content)
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     _one_line_error(capsys, argv, "config.yaml", "damaged", "delete the folder")
     assert (run_dir / "config.yaml").read_text() == content
 
@@ -154,7 +154,7 @@ def test_a_damaged_config_yaml_of_a_started_run_is_one_line(tmp_path, capsys, co
 def test_a_damaged_metrics_json_is_one_line(tmp_path, capsys):
     run_dir = _started_run(tmp_path)
     (run_dir / "metrics.json").write_text('{"keras": {"test_acc')
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     _one_line_error(capsys, argv, "metrics.json", "damaged", "delete the folder")
 
 
@@ -172,7 +172,15 @@ def test_history_with_a_torn_line_and_repeated_headers_is_repaired(tmp_path):
 def test_a_kill_between_writing_and_renaming_metrics_resumes_to_a_clean_finish(tmp_path):
     """SIGKILL right after metrics.json's temporary file is written, before its rename."""
     run_dir = tmp_path / "run"
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir), *_set(FAST), "--verbose", "0"]
+    argv = [
+        "run",
+        "configs/sample_scratch.yaml",
+        "--out",
+        str(run_dir),
+        *_set(FAST),
+        "--verbose",
+        "0",
+    ]
     killer = textwrap.dedent(f"""
         import os, signal, sys
         real_replace = os.replace
@@ -205,7 +213,7 @@ def test_two_sweeps_on_one_study_split_the_runs(tmp_path):
     study.write_text(
         yaml.safe_dump(
             {
-                "base": str(REPO / "configs/quickstart.yaml"),
+                "base": str(REPO / "configs/sample_scratch.yaml"),
                 "set": {
                     key: yaml.safe_load(value)
                     for key, value in (item.split("=", 1) for item in FAST)
@@ -255,6 +263,6 @@ def test_a_damaged_backup_is_one_line_naming_the_folder(tmp_path):
 def test_a_started_run_without_its_config_yaml_is_one_line(tmp_path, capsys):
     run_dir = _started_run(tmp_path)
     (run_dir / "config.yaml").unlink()
-    argv = ["run", "configs/quickstart.yaml", "--out", str(run_dir)]
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     _one_line_error(capsys, argv, "config.yaml", "missing", "delete the folder")
     assert not (run_dir / "config.yaml").exists()

@@ -284,19 +284,3 @@ def test_exclude_matching_no_layer_is_a_user_error():
     config = PruneConfig(**POLYNOMIAL, exclude=["^conv9$"])
     with pytest.raises(UserError, match="conv9"):
         prune.wrap(tiny_model(), config, STEPS_PER_EPOCH, EPOCHS)
-
-
-def test_resolve_pretrained(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.keras").write_bytes(b"x")
-    with pytest.raises(UserError, match="not a finished run"):
-        prune.resolve_pretrained(str(run))
-    (run / "metrics.json").write_text("{}")
-    assert prune.resolve_pretrained(str(run)) == run / "model.keras"
-    assert prune.resolve_pretrained(str(run / "model.keras")) == run / "model.keras"
-    with pytest.raises(UserError, match="does not exist"):
-        prune.resolve_pretrained(str(tmp_path / "missing"))
-    (run / "config.yaml").write_text("")
-    with pytest.raises(UserError, match="not a .keras file"):
-        prune.resolve_pretrained(str(run / "config.yaml"))

@@ -180,7 +180,7 @@ def test_only_the_trial_command_accepts_unknown_options(tmp_path):
     )
     assert args.unknown == ["--train.learning_rate=0.1"] and args.out == "x"
     with pytest.raises(SystemExit):
-        cli.parse_arguments(parser, ["run", "configs/quickstart.yaml", "--train.epochs=3"])
+        cli.parse_arguments(parser, ["run", "configs/sample_scratch.yaml", "--train.epochs=3"])
 
 
 def _metrics(accuracy: float, size: int) -> dict:

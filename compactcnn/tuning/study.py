@@ -1,6 +1,6 @@
 """A tuning study file: base config, search space, objectives and budget, validated up front.
 
-    base: ../quickstart.yaml            # relative to the study file
+    base: ../sample_scratch.yaml            # relative to the study file
     set: {train.epochs: 2}              # optional, applied to every trial
     space:                              # any config key
       train.learning_rate: {float: [0.02, 0.3], log: true}
