@@ -159,6 +159,7 @@ def test_pruning_run_with_a_teacher_reaches_the_target_and_exports_the_student(t
     teacher_dir.mkdir()
     teacher = build_tiny_model(width=16, num_classes=3, size=16)
     teacher.save(teacher_dir / "model.keras")
+    (teacher_dir / "metrics.json").write_text("{}")  # what marks a run finished
     overrides = _run_settings(teacher_dir, "quantize.weight_clusters=8", "distill.alpha=0.8")
     config = load_config(None, overrides)
     run_dir = tmp_path / "run"

@@ -32,7 +32,8 @@ FOLDER = Path(__file__).parent
 # metrics.json, config.yaml, classes.json, history.csv, README.md); tests/test_pretrained.py
 # checks both ways.
 SHIPPED: dict[str, str] = {
-    "resnet20_cifar10": "Dense ResNet-20, 30 epochs of the default recipe at rate 0.2 on the JPEG CIFAR-10",
+    "resnet20_cifar10": "Dense ResNet-20, 30 epochs of the default recipe at rate 0.2 on the "
+    "JPEG CIFAR-10",
 }
 
 
