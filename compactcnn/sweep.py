@@ -8,6 +8,15 @@ A study YAML names a base config and a grid of `--set` overrides:
     sample: 3                         # optional: a seeded random subset of the grid points
     seed: 0                           # optional: seed of that subset
 
+or, instead of `grid`, one factor at a time around a centre point (the base with `set:`, which
+may name the varied keys too, for their centre values):
+
+    vary: {model.name: [resnet44], prune.final_sparsity: [0.6]}   # centre + 2 runs
+
+Each `vary` run changes one key of the centre; the centre's own value of every varied key is
+written out, so the runs are points of the grid `{key: [centre value, *values]}` and the report
+pairs each with the centre as it pairs grid points.
+
 Every point is validated with `load_config` before anything runs. Each point runs as
 `python -m compactcnn run BASE --set k=v ... --out DIR/runs/<name>` in its own process, which
 isolates TensorFlow state and crashes. A run is finished iff its `metrics.json` exists, so a
@@ -38,10 +47,11 @@ from typing import Any
 import yaml
 
 from compactcnn import files, ownership
-from compactcnn.config import load_config, read_study_file
+from compactcnn.config import load_config, read_study_file, to_dict
 from compactcnn.errors import UserError
 
-STUDY_KEYS = ("base", "description", "grid", "sample", "seed", "set")
+STUDY_KEYS = ("base", "description", "grid", "sample", "seed", "set", "vary")
+CENTRE_NAME = "centre"
 DEFAULT_SWEEPS_DIR = Path("runs/sweeps")
 ERROR_LINES = 20
 MAX_NAME_LENGTH = 80
@@ -202,15 +212,18 @@ def load_study(study_path: str | os.PathLike) -> Study:
     """
     study_path = Path(study_path)
     study, base, fixed = read_study_file(study_path, STUDY_KEYS, "study")
-    grid = study.get("grid")
-    if not isinstance(grid, dict) or not grid:
+    grid, vary = study.get("grid"), study.get("vary")
+    if grid is not None and vary is not None:
+        raise UserError(f"study '{study_path}' has both 'grid' and 'vary'; keep one")
+    factors = vary if vary is not None else grid
+    if not isinstance(factors, dict) or not factors:
         raise UserError(
             f"study '{study_path}' has an empty grid; add e.g. 'grid: {{model.name: [resnet20]}}'"
         )
-    for key, values in grid.items():
+    for key, values in factors.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"grid key '{key}' must be a non-empty list of values, got {values!r}")
-        if key in fixed:
+        if key in fixed and vary is None:  # under `vary`, `set` gives the centre's value
             raise UserError(f"config key '{key}' is both in 'set' and in 'grid'; keep one")
     sample, seed = study.get("sample"), study.get("seed", 0)
     if sample is not None and (
@@ -220,9 +233,12 @@ def load_study(study_path: str | os.PathLike) -> Study:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"study key 'seed' must be an integer, got {seed!r}")
 
-    combinations = [
-        dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
-    ]
+    if vary is not None:
+        grid, combinations = _one_factor_at_a_time(base, fixed, vary)
+    else:
+        combinations = [
+            dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+        ]
     if sample is not None and sample < len(combinations):
         chosen = sorted(random.Random(seed).sample(range(len(combinations)), sample))
         combinations = [combinations[index] for index in chosen]
@@ -231,9 +247,40 @@ def load_study(study_path: str | os.PathLike) -> Study:
         values = {**fixed, **grid_values}
         overrides = [f"{key}={format_value(value)}" for key, value in values.items()]
         load_config(base, overrides)  # Raises the one-line UserError that names the bad key.
-        points.append(Point(point_name(grid_values), values, overrides))
+        points.append(Point(_name(grid_values, grid, vary is not None), values, overrides))
     _make_names_unique(points)
     return Study(study_path, base, fixed, grid, sample, seed, points)
+
+
+def _one_factor_at_a_time(
+    base: Path, fixed: dict[str, Any], vary: dict[str, list[Any]]
+) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The grid a `vary` study spans, and its points: the centre, then one change at a time."""
+    fixed_overrides = [f"{key}={format_value(value)}" for key, value in fixed.items()]
+    for key, values in vary.items():  # the usual one-line error for an unknown key or value
+        load_config(base, [*fixed_overrides, f"{key}={format_value(values[0])}"])
+    centre_config = to_dict(load_config(base, fixed_overrides))
+    centre = {}
+    for key in vary:
+        value: Any = centre_config
+        for part in key.split("."):
+            value = value[part]
+        centre[key] = value
+    points = [centre]
+    for key, values in vary.items():
+        points += [{**centre, key: value} for value in values if value != centre[key]]
+    grid = {
+        key: [centre[key], *(v for v in values if v != centre[key])] for key, values in vary.items()
+    }
+    return grid, points
+
+
+def _name(grid_values: dict[str, Any], grid: dict[str, list[Any]], one_factor: bool) -> str:
+    """A grid point's name; a `vary` run is named by the one key it changes."""
+    if not one_factor:
+        return point_name(grid_values)
+    changed = {key: value for key, value in grid_values.items() if value != grid[key][0]}
+    return point_name(changed) if changed else CENTRE_NAME
 
 
 def _make_names_unique(points: list[Point]) -> None:

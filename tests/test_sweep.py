@@ -152,6 +152,7 @@ def test_run_that_exits_cleanly_without_metrics_is_failed(study, tmp_path):
         ({"set": {"model.name": "resnet20"}}, "both in 'set' and in 'grid'"),
         ({"base": "missing.yaml"}, "not found"),
         ({"sample": 0}, "positive integer"),
+        ({"vary": {"model.name": ["resnet44"]}}, "both 'grid' and 'vary'"),
     ],
 )
 def test_invalid_study_is_one_line_error_before_anything_runs(study, tmp_path, change, message):
@@ -211,7 +212,7 @@ def test_format_value_round_trips_through_parse_override(value):
     assert parse_override(f"key={sweep.format_value(value)}") == ("key", value)
 
 
-@pytest.mark.parametrize("name, runs", [("quick.yaml", 3), ("seed.yaml", 64)])
+@pytest.mark.parametrize("name, runs", [("quick.yaml", 3), ("seed.yaml", 64), ("seed_cpu.yaml", 6)])
 def test_shipped_studies_validate(name, runs):
     study = sweep.load_study(CONFIGS / "studies" / name)
     assert len(study.points) == runs
@@ -252,3 +253,60 @@ def test_sigterm_stops_the_running_run_and_exits_like_ctrl_c(study, tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # The run was stopped and reaped, not orphaned.
     assert not list((tmp_path / "sweep" / "runs").glob("*/error.txt"))  # Interrupted, not failed.
+
+
+def test_vary_runs_the_centre_then_one_change_at_a_time(study):
+    study_path, _, _ = study
+    vary = {
+        "model.name": ["resnet44"],
+        "prune.schedule": ["constant", "polynomial"],  # polynomial is the centre's: no new run
+        "prune.final_sparsity": [0.6],
+    }
+    study_path.write_text(
+        yaml.safe_dump(
+            {"base": "../base.yaml", "set": {"train.epochs": 2}, "vary": vary}, sort_keys=False
+        )
+    )
+
+    loaded = sweep.load_study(study_path)
+
+    centre = {
+        "train.epochs": 2,
+        "model.name": "resnet20",  # the default, written out so the report can pair runs
+        "prune.schedule": "polynomial",  # from base.yaml
+        "prune.final_sparsity": 0.5,
+    }
+    assert [point.name for point in loaded.points] == [
+        "centre",
+        "resnet44",
+        "constant",
+        "sparsity0.6",
+    ]
+    assert loaded.points[0].values == centre
+    for point, (key, value) in zip(
+        loaded.points[1:],
+        [("model.name", "resnet44"), ("prune.schedule", "constant"), ("prune.final_sparsity", 0.6)],
+        strict=True,
+    ):
+        assert point.values == {**centre, key: value}
+    assert loaded.grid["prune.schedule"] == ["polynomial", "constant"]
+
+
+def test_vary_with_an_unknown_key_is_one_line(study):
+    study_path, _, _ = study
+    study_path.write_text(yaml.safe_dump({"base": "../base.yaml", "vary": {"model.nme": ["x"]}}))
+    with pytest.raises(UserError, match="unknown config key 'model.nme'") as error:
+        sweep.load_study(study_path)
+    assert "\n" not in str(error.value)
+
+
+def test_vary_takes_the_centre_value_of_a_varied_key_from_set(study):
+    study_path, _, _ = study
+    values = {"base": "../base.yaml", "set": {"prune.final_sparsity": 0.7}}
+    values["vary"] = {"prune.final_sparsity": [0.6]}
+    study_path.write_text(yaml.safe_dump(values))
+    points = sweep.load_study(study_path).points
+    assert [(p.name, p.values["prune.final_sparsity"]) for p in points] == [
+        ("centre", 0.7),
+        ("sparsity0.6", 0.6),
+    ]
