@@ -23,6 +23,7 @@ from compactcnn.report.pieces import Heading, Paragraph, Piece
 from compactcnn.report.plotting import Section
 from compactcnn.report.render import render_html, render_markdown
 from compactcnn.report.results import Row, load_results
+from compactcnn.report.seed_claims import seed_claim_pieces
 from compactcnn.report.selection import choose_best
 from compactcnn.report.tables import files_table, pareto_table, runs_table
 
@@ -140,6 +141,7 @@ def write_report(
             "relative (%). Negative size, latency and time changes are improvements."
         ),
         *comparison_pieces(rows, metric),
+        *seed_claim_pieces(rows, best),
         Heading("TFLite files"),
         files_table(rows),
         *charts[Section.TFLITE_FILES],
