@@ -90,3 +90,7 @@ def test_the_section_names_the_limits_and_the_best_run_and_is_absent_without_run
     assert isinstance(pieces[2], Table) and len(pieces[2].rows) == len(seed_claims.CLAIMS)
     assert "this sweep's best is `resnet44` (model.name resnet44" in pieces[3].text
     assert seed_claims.seed_claim_pieces([], None) == []
+    # A study that does not name the model: the size claims cannot say which network it is.
+    unnamed = [{k: v for k, v in row.items() if k != "config.model.name"} for row in rows]
+    sizes = [r for r in seed_claims.claims_table(unnamed) if "smaller" in r[0] or "same" in r[0]]
+    assert {r[3] for r in sizes} == {"not measured"}

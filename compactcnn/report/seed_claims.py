@@ -78,7 +78,8 @@ def _quantized_smaller(model: str, file_format: str) -> Callable[[Sequence[Row]]
     def measure(rows: Sequence[Row]) -> list[float]:
         values = []
         for row in rows:
-            if row.get("status") != "finished" or row.get("config.model.name", model) != model:
+            # Only runs whose study names the model: a study that leaves it unset says nothing.
+            if row.get("status") != "finished" or row.get("config.model.name") != model:
                 continue
             full = as_number(row.get("tflite.float32.gzip_bytes"))
             small = as_number(row.get(f"tflite.{file_format}.gzip_bytes"))
