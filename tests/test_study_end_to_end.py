@@ -126,6 +126,9 @@ def test_quick_study_interrupted_resumed_reported_and_not_redone(tmp_path, envir
         assert "Best model" in document and "Pareto" in document
         assert "schedule polynomial instead of constant" in document
         assert "final sparsity 0.7 instead of 0.6" in document
+        # The seed's claims, measured: the study pairs 60% with 70%, so that one is measured.
+        assert "claims, measured" in document  # (the page escapes the apostrophe)
+        assert "70% instead of 60% sparsity costs about 1 pt" in document
     assert "tflite.int8.accuracy |" not in markdown  # Column headers are words, not keys.
     charts = sorted((out / "charts").glob("*.png"))
     assert {chart.stem for chart in charts} >= {
