@@ -87,6 +87,26 @@ ROWS.update(
         ),
     }
 )
+# Third round, on the second round's winner (peak rate 0.2): does the rate keep paying, and which
+# of the cheap regularisers add to it.
+RATE_0_2 = [*NEW_DEFAULT, "train.learning_rate=0.2"]
+ROWS.update(
+    {
+        "r3_lr0.4": ("new default, peak rate 0.4", [*NEW_DEFAULT, "train.learning_rate=0.4"]),
+        "r3_lr0.2_zir": (
+            "rate 0.2, last BN gamma of each residual block at 0",
+            [*RATE_0_2, "model.zero_init_residual=true"],
+        ),
+        "r3_lr0.2_ls0.2": (
+            "rate 0.2, label smoothing 0.2",
+            [*RATE_0_2, "train.label_smoothing=0.2"],
+        ),
+        "r3_lr0.2_onecycle": (
+            "rate 0.2, one-cycle schedule instead of warm-up + cosine",
+            [*RATE_0_2, "train.lr_schedule=onecycle"],
+        ),
+    }
+)
 BASELINES = {
     "baseline_strong": ("plain tf_keras, strong recipe (SGD Nesterov, cosine, L2 5e-4)", "strong"),
     "baseline_keras_example": ("plain tf_keras, Keras example recipe (Adam 1e-3)", "keras-example"),
