@@ -479,7 +479,14 @@ def read_yaml(path: Path, kind: str) -> Any:
     if not path.is_file():
         raise UserError(f"{kind} '{path}' not found; pass the path of a YAML file")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise UserError(
+            f"{kind} '{path}' is not a readable UTF-8 text file ({error.__class__.__name__}); "
+            "pass a YAML file"
+        ) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         first_line = str(error).splitlines()[0]
         raise UserError(f"{kind} '{path}' is not valid YAML: {first_line}") from None

@@ -112,6 +112,10 @@ def test_missing_and_malformed_files(tmp_path):
     broken.write_text("train: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(broken)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00train")
+    with pytest.raises(UserError, match="not a readable UTF-8 text file"):
+        load_config(binary)
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")
     with pytest.raises(UserError, match="mapping"):

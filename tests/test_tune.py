@@ -81,6 +81,10 @@ def _front_names(folder) -> list[str]:
         ),
         ({"trials": 0}, "'trials' must be a positive integer"),
         ({"sampler": "grid"}, "'sampler': 'grid' is not one of"),
+        (
+            {"space": {"prune.final_sparsity": {"float": [0.5, 0.6], "step": 0.5}}},
+            "step 0.5 is wider than the range",
+        ),
     ],
 )
 def test_bad_study_is_one_line_and_starts_nothing(tmp_path, capsys, changes, message):
@@ -404,3 +408,17 @@ def test_two_processes_share_a_postgresql_study(tmp_path):
 
         with contextlib.suppress(KeyError):  # The study may never have been created.
             optuna.delete_study(study_name=name, storage=with_driver(POSTGRES_URL))
+
+
+def test_neighbouring_trials_draw_apart():
+    """Seeds 0-3 once gave second draws of 0.715, 0.720, ..., 0.708: near-duplicate trials."""
+    from compactcnn.tuning.engine import TrialSeededSampler
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0) + trial.suggest_float("y", 0.0, 1.0)
+
+    study = optuna.create_study(sampler=TrialSeededSampler(optuna.samplers.RandomSampler, seed=0))
+    study.optimize(objective, n_trials=4)
+    for name in ("x", "y"):
+        draws = [trial.params[name] for trial in study.trials]
+        assert max(draws) - min(draws) > 0.2, (name, draws)

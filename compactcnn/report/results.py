@@ -38,7 +38,10 @@ def load_results(sweep_dir: str | os.PathLike) -> list[Row]:
     """
     path = Path(sweep_dir) / "results.json"
     if not path.is_file():
-        raise UserError(f"'{path}' not found; run `compactcnn sweep STUDY.yaml --out {sweep_dir}`")
+        raise UserError(
+            f"'{path}' not found; run `compactcnn sweep STUDY.yaml --out {sweep_dir}` "
+            f"(or `compactcnn tune STUDY.yaml --out {sweep_dir}`) first"
+        )
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -1,6 +1,6 @@
 """The study file in Optuna's terms: distributions, the sampler, the pruner and the constraint.
 
-Every trial gets a fresh sampler seeded with `seed + trial number`. One seed for the whole
+Every trial gets a fresh sampler seeded from (seed, trial number). One seed for the whole
 study would make two processes sharing a study suggest the same parameters in lock step (each
 has its own generator); seeding per trial number keeps them apart and still makes a study
 repeatable, even across restarts.
@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -95,7 +96,7 @@ def _new_sampler(study: TuningStudy, seed: int) -> BaseSampler:
 
 
 class TrialSeededSampler(BaseSampler):
-    """Delegates to a sampler built afresh for each trial, seeded with `seed + trial number`.
+    """Delegates to a sampler built afresh for each trial, seeded from (seed, trial number).
 
     Args:
         build: Builds the real sampler from a seed.
@@ -108,7 +109,10 @@ class TrialSeededSampler(BaseSampler):
         self._inner = build(seed)
 
     def _for(self, trial: FrozenTrial) -> BaseSampler:
-        self._inner = self._build(self._seed + trial.number)
+        # Hashed, not `seed + number`: neighbouring small seeds give NumPy generators whose
+        # first draws nearly agree, so the first trials of a study were near-duplicates.
+        entropy = np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]
+        self._inner = self._build(int(entropy))
         return self._inner
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -263,6 +263,12 @@ def parse_param(key: str, entry: Any) -> Param:
             )
         if log and step != 1:
             raise UserError(f"search space key '{key}': 'log' and 'step' cannot be combined")
+        if high > low and step > high - low:
+            # Optuna would shrink the range to its low end and warn on every trial.
+            raise UserError(
+                f"search space key '{key}': step {step} is wider than the range [{low}, {high}]; "
+                "use a smaller step or a list of choices"
+            )
     if kind == "float":
         low, high = float(low), float(high)
         step = float(step) if step is not None else None
