@@ -44,7 +44,7 @@ def compactcnn_training(
         data: A `compactcnn.data.ImageData`.
         batch_size: Images per replica per step (`train.batch_size`); the global batch and the
             learning rate scale with the strategy's replicas as in `compactcnn run`.
-        precision: float32, mixed_float16 or mixed_bfloat16.
+        precision: float32, mixed_float16, mixed_bfloat16 or auto.
         pruning: Wrap for polynomial pruning to 70%, mask updates every `frequency` steps.
         frequency: Steps between mask updates.
         strategy: Build inside this strategy's scope (default: TensorFlow's default strategy).

@@ -5,6 +5,9 @@ Variants, measured in interleaved rounds in one process (A/B/C/D, D/C/B/A, ...):
   dense     compactcnn: its batch-wise augmentation pipeline, model and compile
   pruned    compactcnn with polynomial pruning active (mask update every 100 steps)
   bfloat16  compactcnn under mixed_bfloat16
+  auto      compactcnn under `train.precision: auto` (mixed_bfloat16 on a CPU with AVX512-BF16 or
+            AMX, float32 elsewhere): the dense default of issue 15
+  auto_pruned  the same with polynomial pruning active: the 70%-pruning default of issue 15
 
 Each round runs `warmup + steps` steps per variant and times the last `steps`; every variant is
 traced once before the rounds. Ratios are medians of per-round ratios.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import tf_keras as keras
 
 from bench import baseline, common, setups
+from compactcnn import distribute
 
 NAME = "train_throughput"
 
@@ -31,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
     arguments.add_argument("--batch-size", type=int, default=128)
     arguments.add_argument(
-        "--variants", default="baseline,dense,pruned,bfloat16", help="comma-separated subset"
+        "--variants",
+        default="baseline,dense,pruned,bfloat16,auto,auto_pruned",
+        help="comma-separated subset",
     )
     args = arguments.parse_args(argv)
     if args.quick:
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         ("dense/baseline", "dense", "baseline"),
         ("pruned/dense", "pruned", "dense"),
         ("bfloat16/dense", "bfloat16", "dense"),
+        ("auto/baseline", "auto", "baseline"),
+        ("auto_pruned/auto", "auto_pruned", "auto"),
     ):
         if top in rates and bottom in rates:
             ratios[label] = common.paired_ratio(rates[top], rates[bottom])
@@ -78,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         "dense/baseline >= 1.0 (goal 1.3)": common.target(ratios.get("dense/baseline"), 1.0),
         "pruned/dense >= 0.8": common.target(ratios.get("pruned/dense"), 0.8),
     }
+    # Issue 15's targets hold where `auto` computes in bfloat16; elsewhere auto is float32.
+    precision, reason = distribute.choose_precision("auto")
+    results["auto_precision"] = {"policy": precision, "reason": reason}
+    if precision == "mixed_bfloat16":
+        targets["auto/baseline >= 1.5 (bfloat16 hardware)"] = common.target(
+            ratios.get("auto/baseline"), 1.5
+        )
+        targets["auto_pruned/auto >= 0.9 (bfloat16 hardware)"] = common.target(
+            ratios.get("auto_pruned/auto"), 0.9
+        )
     rows = [
         {"variant": name, **{k: v for k, v in common.summary(values).items() if k != "rounds"}}
         for name, values in rates.items()
@@ -100,7 +118,14 @@ def _build(name: str, data, batch_size: int) -> setups.Training:
         return setups.compactcnn_training(data, batch_size, pruning=True)
     if name == "bfloat16":
         return setups.compactcnn_training(data, batch_size, precision="mixed_bfloat16")
-    raise SystemExit(f"unknown variant '{name}'; choose from baseline, dense, pruned, bfloat16")
+    if name == "auto":
+        return setups.compactcnn_training(data, batch_size, precision="auto")
+    if name == "auto_pruned":
+        return setups.compactcnn_training(data, batch_size, precision="auto", pruning=True)
+    raise SystemExit(
+        f"unknown variant '{name}'; choose from baseline, dense, pruned, bfloat16, auto, "
+        "auto_pruned"
+    )
 
 
 if __name__ == "__main__":
