@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ from compactcnn.config import RESOLVED_KEY, Config, from_dict, to_dict
 from compactcnn.errors import UserError
 
 LOCK_NAME = ".lock"
+# A busy lock is tried again this often before the folder counts as held by another process.
+LOCK_ATTEMPTS = 5
+LOCK_RETRY_SECONDS = 0.05
+# What every finished run's metrics.json holds (read by `compactcnn run` when it was finished).
+METRICS_KEYS = frozenset({"keras", "tflite"})
 # Keys that cannot change what a run produces: a restart may change them.
 RESULT_NEUTRAL_KEYS = ("output.", "distribute.save_freq")
 
@@ -74,6 +80,27 @@ def _parse_holder(text: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {"host": "?", "pid": "?", "started": "?"}
 
 
+def _try_lock(descriptor: int) -> bool:
+    """Takes the lock without waiting for a holder, but past another process's brief probe.
+
+    `holder()` (a sweep polling a run) holds the lock for an instant; a run starting in that
+    instant would otherwise be told the folder is in use.
+    """
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < LOCK_ATTEMPTS:
+                time.sleep(LOCK_RETRY_SECONDS)
+    return False
+
+
+def _unusable(folder: Path, error: OSError) -> UserError:
+    reason = error.strerror or type(error).__name__
+    return UserError(f"cannot use run directory '{folder}' ({reason}); pick another --out")
+
+
 @contextlib.contextmanager
 def lock(folder: Path) -> Iterator[None]:
     """Holds `folder`'s lock for the block (the folder must exist).
@@ -82,11 +109,12 @@ def lock(folder: Path) -> Iterator[None]:
         RunInUse: When another process holds it.
     """
     path = Path(folder) / LOCK_NAME
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise _unusable(folder, error) from None
+    try:
+        if not _try_lock(descriptor):
             other = _parse_holder(path.read_text(errors="replace"))
             raise RunInUse(
                 f"run directory '{folder}' is in use by pid {other.get('pid')} on "
@@ -124,12 +152,18 @@ def claim(run_dir: Path, config: Config) -> Iterator[Claim]:
     spec = distribute.cluster_spec_from_env()
     if not distribute.is_chief_task(spec):
         folder = distribute.worker_folder(run_dir, spec)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _unusable(folder, error) from None
         with lock(folder):
             yield Claim()
         return
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unusable(run_dir, error) from None
     try:
         with lock(run_dir):
             _check_config(run_dir, config)
@@ -142,16 +176,28 @@ def claim(run_dir: Path, config: Config) -> Iterator[Claim]:
 
 
 def _finished(run_dir: Path) -> Claim:
-    path = run_dir / "metrics.json"
+    metrics = read_metrics(run_dir)
+    return Claim() if metrics is None else Claim(finished=True, metrics=metrics)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's metrics.json, or None when the run has not finished.
+
+    Raises:
+        UserError: When the file exists but is not a run's record (torn, emptied, edited).
+    """
+    path = Path(run_dir) / "metrics.json"
     if not path.exists():
-        return Claim()
+        return None
     try:
         metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(
-            f"'{path}' is damaged (not valid JSON); delete the folder '{run_dir}' to run again"
-        ) from None
-    return Claim(finished=True, metrics=metrics)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        reason = "not valid JSON"
+    else:
+        if isinstance(metrics, dict) and metrics.keys() >= METRICS_KEYS:
+            return metrics
+        reason = f"not a run's record: it needs the keys {sorted(METRICS_KEYS)}"
+    raise UserError(f"'{path}' is damaged ({reason}); delete the folder '{run_dir}' to run again")
 
 
 def changed_keys(recorded: Config, wanted: Config) -> list[str]:
@@ -189,7 +235,13 @@ def _check_config(run_dir: Path, config: Config) -> None:
         values = yaml.safe_load(path.read_text())
         if not isinstance(values, dict):
             raise ValueError("not a mapping of sections")
-        recorded = from_dict({k: v for k, v in values.items() if k != RESOLVED_KEY})
+        written = {k: v for k, v in values.items() if k != RESOLVED_KEY}
+        # A file cut short still parses, and the keys it lost would read as their defaults:
+        # every key `save_config` writes must be there.
+        missing = sorted(set(_flat(to_dict(from_dict({})))) - set(_flat(written)))
+        if missing:
+            raise ValueError(f"cut short: {len(missing)} keys missing, from '{missing[0]}'")
+        recorded = from_dict(written)
     except (yaml.YAMLError, ValueError, UserError) as error:
         if not trained:
             return  # nothing trained yet: the run starts afresh and writes a new one

@@ -326,9 +326,7 @@ def run_sweep(
         yaml.dump(_resolved_study(study), Dumper=_PlainDumper, sort_keys=False),
     )
 
-    pending = [
-        p for p in study.points if not (sweep_dir / "runs" / p.name / "metrics.json").exists()
-    ]
+    pending = [p for p in study.points if not _finished(sweep_dir, p)]
     finished = len(study.points) - len(pending)
     if finished:
         print(f"sweep: {finished} of {len(study.points)} runs already finished, skipping them")
@@ -341,7 +339,7 @@ def run_sweep(
         print(f"sweep: waiting for {len(taken)} run(s) that another process is running", flush=True)
         while any(ownership.holder(sweep_dir / "runs" / point.name) for point in taken):
             time.sleep(OTHER_PROCESS_POLL_SECONDS)
-        taken = [p for p in taken if not (sweep_dir / "runs" / p.name / "metrics.json").exists()]
+        taken = [p for p in taken if not _finished(sweep_dir, p)]
         taken = _run_points(taken, study.base, sweep_dir, jobs, command_builder)
 
     rows = collect_results(sweep_dir, study.points)
@@ -425,7 +423,9 @@ def _execute(
     stderr_path = sweep_dir / "logs" / f"{point.name}.err"
     started = time.monotonic()
     # Files, not pipes: a chatty run cannot block on a full pipe, and the logs stay for reading.
-    with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
+    # Appended to: a process that loses the race for the folder must not truncate the logs of
+    # the one running it, and a resumed run's log keeps its earlier attempts.
+    with stdout_path.open("a") as stdout, stderr_path.open("a") as stderr:
         process = runs.start(command_builder(base, point.overrides, run_dir), stdout, stderr)
         if process is None:
             return None
@@ -454,6 +454,15 @@ def _execute(
     reason = lines[-2] if len(lines) > 1 else lines[-1]
     print(f"sweep: FAILED {point.name} ({seconds:.0f} s): {reason}", flush=True)
     return None
+
+
+def _finished(sweep_dir: Path, point: Point) -> bool:
+    """Whether the point's run left a sound metrics.json (a damaged one is run, and its run
+    then says in one line what to delete)."""
+    try:
+        return ownership.read_metrics(sweep_dir / "runs" / point.name) is not None
+    except UserError:
+        return False
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -488,15 +497,17 @@ def collect_results(sweep_dir: str | os.PathLike, points: Sequence[Point]) -> li
             "run_dir": f"runs/{point.name}",
         }
         row.update({f"config.{key}": value for key, value in point.values.items()})
-        metrics_path = run_dir / "metrics.json"
         error_path = run_dir / "error.txt"
-        if metrics_path.exists():
-            metrics = json.loads(metrics_path.read_text())
+        try:
+            metrics = ownership.read_metrics(run_dir)
+        except UserError as damaged:  # Counted as failed, with the fix, not as finished.
+            metrics, row["status"], row["error"] = None, "failed", str(damaged)
+        if metrics is not None:
             if isinstance(metrics.get("pruning"), dict):
                 metrics["pruning"].pop("layers", None)
             row["status"] = "finished"
             row.update(flatten(metrics))
-        elif error_path.exists():
+        elif row["status"] == "pending" and error_path.exists():
             row["status"] = "failed"
             row["error"] = error_path.read_text().strip()
         rows.append(row)

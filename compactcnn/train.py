@@ -249,10 +249,12 @@ def check_backup(backup_dir: Path) -> None:
     if not folder.is_dir():
         return
     try:
-        prefix = tf.train.latest_checkpoint(str(folder))
-        if prefix is None:
+        # The `checkpoint` file names what Keras will restore; `latest_checkpoint` would say
+        # None when that checkpoint's files are gone, and Keras would then fail to restore it.
+        state = tf.train.get_checkpoint_state(str(folder))
+        if state is None or not state.model_checkpoint_path:
             return  # killed before its first backup completed: nothing to restore
-        reader = tf.train.load_checkpoint(prefix)
+        reader = tf.train.load_checkpoint(state.model_checkpoint_path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as error:  # The checkpoint reader raises OpError, IndexError, ValueError...
@@ -261,6 +263,47 @@ def check_backup(backup_dir: Path) -> None:
             f"the training backup in '{backup_dir}' is damaged ({reason}); delete that folder "
             "to restart training from the first epoch (finished history rows are kept)"
         ) from None
+
+
+def backed_up_steps(backup_dir: Path) -> int | None:
+    """The optimizer steps the latest backup holds (what a restart resumes from), or None."""
+    folder = Path(backup_dir) / "chief"
+    if not folder.is_dir():
+        return None
+    prefix = tf.train.latest_checkpoint(str(folder))
+    if prefix is None:
+        return None
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+        # tf_keras optimizers save `_iterations`; legacy ones `iter`.
+        if name.startswith("model/optimizer/") and name.split("/")[2] in ("_iterations", "iter"):
+            return int(reader.get_tensor(name))
+    return None
+
+
+def check_history(
+    history_path: Path, rows: list[dict[str, str]], backup_dir: Path, steps_per_epoch: int
+) -> None:
+    """Refuses to resume when history.csv lost rows of epochs the backup has already trained.
+
+    Resuming would finish a model whose record (history, epochs and steps in metrics.json)
+    misses those epochs: a run no log describes.
+
+    Raises:
+        UserError: Naming the missing epochs and the folder to delete.
+    """
+    steps = backed_up_steps(backup_dir)
+    if not steps:
+        return
+    logged = {int(row["epoch"]) for row in rows}
+    missing = sorted(set(range(steps // steps_per_epoch)) - logged)
+    if missing:
+        epochs = f"{missing[0]}" if len(missing) == 1 else f"{missing[0]}-{missing[-1]}"
+        raise UserError(
+            f"'{history_path}' has lost the rows of epoch(s) {epochs}, which the backup in "
+            f"'{backup_dir}' has trained; delete that folder to train again from the first "
+            "epoch"
+        )
 
 
 def fit(
@@ -295,8 +338,10 @@ def fit(
     """
     write_dir.mkdir(parents=True, exist_ok=True)
     history_path = write_dir / "history.csv"
-    dedupe_history(history_path)
+    rows = dedupe_history(history_path)
     check_backup(run_dir / "backup")
+    if write_dir == run_dir:  # The chief's history: the record of the run.
+        check_history(history_path, rows, run_dir / "backup", steps_per_epoch)
     # History is logged before the backup is taken: a kill between the two repeats an epoch's
     # row (dedupe_history drops it) instead of losing it.
     all_callbacks = [

@@ -151,11 +151,50 @@ def test_a_damaged_config_yaml_of_a_started_run_is_one_line(tmp_path, capsys, co
     assert (run_dir / "config.yaml").read_text() == content
 
 
-def test_a_damaged_metrics_json_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("content", ['{"keras": {"test_acc', "[]", "{}", '{"keras": {}}'])
+def test_a_damaged_metrics_json_is_one_line(tmp_path, capsys, content):
     run_dir = _started_run(tmp_path)
-    (run_dir / "metrics.json").write_text('{"keras": {"test_acc')
+    (run_dir / "metrics.json").write_text(content)
     argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
     _one_line_error(capsys, argv, "metrics.json", "damaged", "delete the folder")
+
+
+def test_a_config_yaml_cut_short_is_damaged_not_a_change(tmp_path, capsys):
+    """Its lost keys would read as defaults and pass for changes the user never made."""
+    run_dir = _started_run(tmp_path)
+    lines = (run_dir / "config.yaml").read_text().splitlines(keepends=True)
+    (run_dir / "config.yaml").write_text("".join(lines[: len(lines) // 2]))
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(run_dir)]
+    err = _one_line_error(capsys, argv, "config.yaml", "damaged", "cut short", "delete the folder")
+    assert "another config" not in err
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "lock is a folder"])
+def test_an_unusable_out_is_one_line(tmp_path, capsys, case):
+    target = tmp_path / "out"
+    if case == "a file":
+        target.write_text("not a folder")
+    elif case == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        target = tmp_path / "file" / "run"
+    else:
+        (target / ownership.LOCK_NAME).mkdir(parents=True)
+    argv = ["run", "configs/sample_scratch.yaml", "--out", str(target)]
+    _one_line_error(capsys, argv, "cannot use run directory", "pick another --out")
+
+
+def test_a_brief_probe_of_the_lock_does_not_turn_a_run_away(tmp_path):
+    """A sweep's `holder()` holds the lock for an instant; a run starting then still gets it."""
+    import fcntl
+    import threading
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with (folder / ownership.LOCK_NAME).open("a+") as probe:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        threading.Timer(0.08, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+        with ownership.lock(folder):
+            assert ownership.holder(folder) is not None
 
 
 def test_history_with_a_torn_line_and_repeated_headers_is_repaired(tmp_path):
@@ -258,6 +297,49 @@ def test_a_damaged_backup_is_one_line_naming_the_folder(tmp_path):
         train.check_backup(backup)
     assert str(backup) in str(caught.value) and "\n" not in str(caught.value)
     train.check_backup(tmp_path / "no_backup")  # nothing to check
+
+
+def test_a_backup_without_its_index_is_one_line(tmp_path):
+    """`latest_checkpoint` says None then, yet Keras would still try to restore it."""
+    import tensorflow as tf
+
+    from compactcnn.errors import UserError
+
+    backup = tmp_path / "backup"
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=tf.Variable(1.0)), str(backup / "chief"), max_to_keep=1
+    )
+    manager.save()
+    (index,) = (backup / "chief").glob("*.index")
+    index.unlink()
+    with pytest.raises(UserError, match="backup .* is damaged .*delete that folder"):
+        train.check_backup(backup)
+
+
+def _backup_at_step(backup: Path, steps: int) -> None:
+    import tensorflow as tf
+
+    # The names a tf_keras model's BackupAndRestore writes: model/optimizer/_iterations.
+    optimizer = tf.train.Checkpoint(_iterations=tf.Variable(steps, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(optimizer=optimizer))
+    tf.train.CheckpointManager(checkpoint, str(backup / "chief"), max_to_keep=1).save()
+
+
+def test_history_that_lost_rows_the_backup_trained_is_one_line(tmp_path):
+    """Resuming would finish a run whose history and metrics miss those epochs."""
+    from compactcnn.errors import UserError
+
+    backup, history = tmp_path / "backup", tmp_path / "history.csv"
+    _backup_at_step(backup, steps=30)  # 3 epochs of 10 steps trained
+    assert train.backed_up_steps(backup) == 30
+    rows = [{"epoch": "0"}, {"epoch": "1"}, {"epoch": "2"}]
+    train.check_history(history, rows, backup, steps_per_epoch=10)  # complete: resumes
+    train.check_history(history, rows + [{"epoch": "3"}], backup, 10)  # a repeated row: fine
+    with pytest.raises(UserError, match=r"lost the rows of epoch\(s\) 0-2, .*delete that folder"):
+        train.check_history(history, [], backup, steps_per_epoch=10)
+    with pytest.raises(UserError, match=r"epoch\(s\) 1, "):
+        train.check_history(history, [rows[0], rows[2]], backup, steps_per_epoch=10)
+    train.check_history(history, [], tmp_path / "no_backup", steps_per_epoch=10)
 
 
 def test_a_started_run_without_its_config_yaml_is_one_line(tmp_path, capsys):

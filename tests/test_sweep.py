@@ -127,6 +127,23 @@ def test_sweep_records_failures_continues_and_skips_finished_runs(study, tmp_pat
     assert _calls(log) == ["constant-sparsity0.7", "polynomial-sparsity0.7"]
 
 
+def test_a_damaged_metrics_json_is_failed_with_its_fix_and_run_again(study, tmp_path):
+    study_path, fake_command, log = study
+    out = tmp_path / "sweep"
+    sweep.run_sweep(study_path, out, jobs=1, command_builder=fake_command)
+    damaged = out / "runs" / "polynomial-sparsity0.6" / "metrics.json"
+    damaged.write_text("{}")
+    points = sweep.load_study(study_path).points
+    rows = {row["name"]: row for row in sweep.collect_results(out, points)}
+    assert rows["polynomial-sparsity0.6"]["status"] == "failed"
+    assert "damaged" in rows["polynomial-sparsity0.6"]["error"]
+    assert "delete the folder" in rows["polynomial-sparsity0.6"]["error"]
+    log.unlink()
+    sweep.run_sweep(study_path, out, jobs=1, command_builder=fake_command)
+    assert "polynomial-sparsity0.6" in _calls(log)  # not counted as finished
+    assert "constant-sparsity0.6" not in _calls(log)
+
+
 def test_run_that_exits_cleanly_without_metrics_is_failed(study, tmp_path):
     study_path, _, _ = study
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compactcnn import ownership
 from compactcnn.config import EXPORT_FORMATS
 from compactcnn.errors import UserError
 from compactcnn.report.formatting import as_number
@@ -134,10 +135,12 @@ def load_run_files(sweep_dir: Path, rows: Sequence[Row]) -> RunFiles:
         folder = run_dir(sweep_dir, row)
         histories[row["name"]] = read_csv(folder / "history.csv")
         schedules[row["name"]] = read_csv(folder / "pruning_schedule.csv")
-        metrics_path = folder / "metrics.json"
-        if metrics_path.is_file():
-            # results.json leaves the per-layer table out (hundreds of columns); it is only here.
-            pruning = json.loads(metrics_path.read_text()).get("pruning") or {}
-            if isinstance(pruning.get("layers"), dict) and pruning["layers"]:
-                layers[row["name"]] = pruning["layers"]
+        try:
+            metrics = ownership.read_metrics(folder) or {}
+        except UserError:
+            metrics = {}  # Damaged since the sweep read it: the table in results.json stands.
+        # results.json leaves the per-layer table out (hundreds of columns); it is only here.
+        pruning = metrics.get("pruning") or {}
+        if isinstance(pruning.get("layers"), dict) and pruning["layers"]:
+            layers[row["name"]] = pruning["layers"]
     return RunFiles(histories, schedules, layers)

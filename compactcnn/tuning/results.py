@@ -18,6 +18,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from compactcnn import ownership
+from compactcnn.errors import UserError
 from compactcnn.sweep import flatten
 from compactcnn.tuning import engine
 from compactcnn.tuning.study import TuningStudy
@@ -98,10 +100,10 @@ def trial_rows(tune_dir: Path, study: TuningStudy, trials: Sequence[FrozenTrial]
         row.update({f"config.{key}": value for key, value in study.fixed.items()})
         values = engine.config_values(study, trial.params)
         row.update({f"config.{key}": value for key, value in values.items()})
-        metrics_path = tune_dir / relative / "metrics.json"
-        if trial.state == TrialState.COMPLETE and metrics_path.is_file():
-            row.update(flat_metrics(json.loads(metrics_path.read_text())))
-        else:
+        metrics = _run_metrics(tune_dir / relative) if trial.state == TrialState.COMPLETE else None
+        if metrics is not None:
+            row.update(flat_metrics(metrics))
+        else:  # Not on this machine, or damaged since: what the trial told the storage.
             row.update(trial.user_attrs.get(METRICS_ATTR) or {})
         if trial.state == TrialState.COMPLETE:
             row["trial.values"] = list(trial.values or [])
@@ -147,3 +149,10 @@ def pareto_rows(rows: Sequence[Row], directions: Sequence[str]) -> list[Row]:
         if not any(dominates(other, scores) for _, other in candidates)
     ]
     return [row for row, scores in sorted(front, key=lambda item: [-s for s in item[1]])]
+
+
+def _run_metrics(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return ownership.read_metrics(run_dir)
+    except UserError:
+        return None

@@ -132,7 +132,7 @@ class TuningStudy:
         max_bytes: Largest allowed `bytes` of the first objective's file, or None.
         trials: Trials to finish (complete, pruned or failed) in the study.
         sampler: tpe, nsga2 or random.
-        seed: Seed of the sampler (each trial's sampler is seeded with seed + trial number).
+        seed: Seed of the sampler (each trial's sampler is seeded from seed and trial number).
         pruner: none, median or hyperband.
         description: Free text.
         config: The base config with `set:` applied (the space keys at their base values).
