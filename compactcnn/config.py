@@ -156,7 +156,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    precision: str = "float32"
+    precision: str = "auto"
     learning_rate: float = 0.1
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
