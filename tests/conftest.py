@@ -33,3 +33,17 @@ def shared_data_cache(tmp_path_factory):
         os.environ.pop("COMPACTCNN_DATA", None)
     else:
         os.environ["COMPACTCNN_DATA"] = previous
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Restores Keras' global float32 policy after a test built a training in-process.
+
+    `run.build_training` sets the policy the config asks for, and `precision: auto` (the
+    default) asks for mixed_bfloat16 on a CPU with AVX512-BF16: without this, the next test in
+    the same worker would build its models in bfloat16.
+    """
+    yield
+    import tf_keras as keras
+
+    keras.mixed_precision.set_global_policy("float32")
