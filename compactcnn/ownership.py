@@ -200,6 +200,15 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     raise UserError(f"'{path}' is damaged ({reason}); delete the folder '{run_dir}' to run again")
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether the run left a sound metrics.json (a damaged one counts as unfinished: running it
+    again says in one line what to delete)."""
+    try:
+        return read_metrics(run_dir) is not None
+    except UserError:
+        return False
+
+
 def changed_keys(recorded: Config, wanted: Config) -> list[str]:
     """Keys that shape the result and differ, as `key: old -> new`."""
     old = _flat(to_dict(recorded))

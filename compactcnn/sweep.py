@@ -326,7 +326,7 @@ def run_sweep(
         yaml.dump(_resolved_study(study), Dumper=_PlainDumper, sort_keys=False),
     )
 
-    pending = [p for p in study.points if not _finished(sweep_dir, p)]
+    pending = [p for p in study.points if not ownership.finished(sweep_dir / "runs" / p.name)]
     finished = len(study.points) - len(pending)
     if finished:
         print(f"sweep: {finished} of {len(study.points)} runs already finished, skipping them")
@@ -339,7 +339,7 @@ def run_sweep(
         print(f"sweep: waiting for {len(taken)} run(s) that another process is running", flush=True)
         while any(ownership.holder(sweep_dir / "runs" / point.name) for point in taken):
             time.sleep(OTHER_PROCESS_POLL_SECONDS)
-        taken = [p for p in taken if not _finished(sweep_dir, p)]
+        taken = [p for p in taken if not ownership.finished(sweep_dir / "runs" / p.name)]
         taken = _run_points(taken, study.base, sweep_dir, jobs, command_builder)
 
     rows = collect_results(sweep_dir, study.points)
@@ -454,15 +454,6 @@ def _execute(
     reason = lines[-2] if len(lines) > 1 else lines[-1]
     print(f"sweep: FAILED {point.name} ({seconds:.0f} s): {reason}", flush=True)
     return None
-
-
-def _finished(sweep_dir: Path, point: Point) -> bool:
-    """Whether the point's run left a sound metrics.json (a damaged one is run, and its run
-    then says in one line what to delete)."""
-    try:
-        return ownership.read_metrics(sweep_dir / "runs" / point.name) is not None
-    except UserError:
-        return False
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

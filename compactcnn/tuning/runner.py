@@ -390,7 +390,7 @@ class Tuner:
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(
                 self._study_id, frozen.number
             )
-            if _sound_metrics(run_dir):
+            if ownership.finished(run_dir):
                 self._adopt(frozen, trial_id, run_dir)
             else:
                 self._fail_and_resume(frozen, trial_id)
@@ -512,11 +512,3 @@ def _pruning(optuna_trial: optuna.Trial) -> trial.Pruning:
         return optuna_trial.should_prune()
 
     return report
-
-
-def _sound_metrics(run_dir: Path) -> bool:
-    """Whether a run left a metrics.json that is a run's record (a damaged one is rerun)."""
-    try:
-        return ownership.read_metrics(run_dir) is not None
-    except UserError:
-        return False
