@@ -68,4 +68,4 @@ def compactcnn_training(
         )
     finally:
         distribute.set_precision("float32")
-    return Training(built.model, built.train_data, built.callbacks, built.global_batch)
+    return Training(built.model, built.train_stream(), built.callbacks, built.global_batch)

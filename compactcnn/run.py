@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,12 @@ class Training:
         precision_policy: The global Keras precision policy training runs under.
         precision_reason: Why that policy (the config, or what `auto` found on the hardware).
         data: The loaded images.
-        train_data: An endless stream of augmented (images, one-hot labels) global batches.
+        train_stream: Builds a new endless stream of the run's augmented (images, one-hot
+            labels) global batches, from its first batch. Every pass (training, BN
+            recalibration, fine-tuning) takes a new one: the iterators of one dataset share its
+            reshuffling state, which their background prefetching advances by a timing-dependent
+            amount, so a second pass over the same dataset would start at an order that differs
+            between workers and between runs.
         validation_data: The held-out validation batches, or None.
         model: The compiled model, pruning wrappers included when pruning; when distilling, a
             `distill.Distiller` holding it (`distill.student_of` gives the model itself).
@@ -110,7 +116,7 @@ class Training:
     precision_policy: str
     precision_reason: str
     data: ImageData
-    train_data: tf.data.Dataset
+    train_stream: Callable[[], tf.data.Dataset]
     validation_data: tf.data.Dataset | None
     model: keras.Model
     callbacks: list[keras.callbacks.Callback]
@@ -166,17 +172,20 @@ def build_training(
             "lower train.batch_size"
         )
     keras.utils.set_random_seed(config.train.seed)
-    augmented = pipeline.train_dataset(
-        data.x_train,
-        data.y_train,
-        global_batch,
-        augment=config.data.augment,
-        cutout=config.data.cutout if config.data.augment else 0,
-        seed=config.train.seed,
-    )
-    # In-memory data has no files to split, so shard by element: under multi-worker training
-    # TensorFlow rebatches each global batch and hands every worker its own slice of it.
-    train_data = train.one_hot(augmented, data.num_classes).with_options(_shard_by_data())
+
+    def train_stream() -> tf.data.Dataset:
+        augmented = pipeline.train_dataset(
+            data.x_train,
+            data.y_train,
+            global_batch,
+            augment=config.data.augment,
+            cutout=config.data.cutout if config.data.augment else 0,
+            seed=config.train.seed,
+        )
+        # In-memory data has no files to split, so shard by element: under multi-worker
+        # training TensorFlow rebatches each global batch and hands every worker its own slice.
+        return train.one_hot(augmented, data.num_classes).with_options(_shard_by_data())
+
     validation_data = None
     if len(data.x_val):
         validation = pipeline.eval_dataset(data.x_val, data.y_val, global_batch)
@@ -200,7 +209,7 @@ def build_training(
         precision_policy=policy,
         precision_reason=reason,
         data=data,
-        train_data=train_data,
+        train_stream=train_stream,
         validation_data=validation_data,
         model=model,
         callbacks=prune.callbacks(None) if pruned else [],
@@ -276,7 +285,7 @@ def fit(
     started = time.perf_counter()
     train.fit(
         training.model,
-        training.train_data,
+        training.train_stream(),
         epochs=config.train.epochs,
         steps_per_epoch=training.steps_per_epoch,
         run_dir=run_dir,
@@ -349,7 +358,7 @@ def compress(
     # on the augmented training batches (the run's own stream, read from its start: the same
     # batches on every worker).
     train.recalibrate_batchnorm(
-        float_model, training.train_data, config.train.bn_recalibration_batches
+        float_model, training.train_stream(), config.train.bn_recalibration_batches
     )
     if distribute.worker_count(training.strategy) > 1:
         # Every worker prints it, so anyone can check that the copies trained in lock step.
@@ -573,7 +582,7 @@ def _finetune(
         model = distill.wrap(model, training.teacher, config.distill)
         train.compile_model(model, config.train, optimizer)
     model.fit(
-        training.train_data,
+        training.train_stream(),
         epochs=epochs,
         steps_per_epoch=training.steps_per_epoch,
         callbacks=callbacks or [],

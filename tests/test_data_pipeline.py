@@ -115,3 +115,31 @@ def test_eval_dataset_is_one_ordered_exact_pass(indexed):
 def test_no_training_images_is_a_user_error():
     with pytest.raises(UserError, match="no training images"):
         train_dataset(np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int32), BATCH)
+
+
+def test_every_pass_over_a_runs_training_stream_starts_at_its_first_batch():
+    """Recalibration and fine-tuning must see the batches training began with, on every worker.
+
+    Iterators of one dataset share its reshuffling state: a second pass over the same dataset
+    would start at an order set by how far the first pass (and its prefetching) had got.
+    """
+    from compactcnn import run
+    from compactcnn.config import load_config
+
+    config = load_config(
+        None,
+        ["model.name=resnet8_tiny", "data.name=synthetic", "data.synthetic_size=64",
+         "train.batch_size=16", "train.precision=float32"],
+    )  # fmt: skip
+    training = run.build_training(config)
+
+    def first_batch(stream):
+        return next(iter(stream))[0].numpy()
+
+    expected = first_batch(training.train_stream())
+    stream = training.train_stream()
+    consumed = iter(stream)
+    for _ in range(12):  # three shuffles of the 64 images
+        next(consumed)
+    assert not np.array_equal(first_batch(stream), expected)  # the hazard: the order moved on
+    np.testing.assert_array_equal(first_batch(training.train_stream()), expected)
