@@ -157,7 +157,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     precision: str = "auto"
-    learning_rate: float = 0.1
+    learning_rate: float = 0.2
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
     momentum: float = 0.9
