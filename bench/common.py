@@ -127,7 +127,9 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model,
         # Instruction sets that decide which kernels TF and XNNPACK pick (bf16 needs avx512_bf16).
-        "cpu_flags": sorted(set(flags) & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "fma"}),
+        "cpu_flags": sorted(
+            set(flags) & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "fma"}
+        ),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "load_average": [round(value, 2) for value in os.getloadavg()],
