@@ -107,6 +107,24 @@ ROWS.update(
         ),
     }
 )
+# Fourth round: the factors issue 10 names that the first round listed but never ran, now on the
+# default they would change (rate 0.2, `TrainConfig` since 2026-12-06).
+ROWS.update(
+    {
+        "r4_cutout_8": ("rate 0.2, cutout 8x8", [*RATE_0_2, "data.cutout=8"]),
+        "r4_warmup_0": ("rate 0.2, no warm-up", [*RATE_0_2, "train.warmup_epochs=0"]),
+        "r4_warmup_2": ("rate 0.2, 2 warm-up epochs", [*RATE_0_2, "train.warmup_epochs=2"]),
+        "r4_decay_all": (
+            "rate 0.2, decay on BN scales/offsets and biases too",
+            [*RATE_0_2, "train.decay_all_weights=true"],
+        ),
+        "r4_ls0": ("rate 0.2, label smoothing 0", [*RATE_0_2, "train.label_smoothing=0.0"]),
+        "r4_batch_256": (
+            "rate 0.2, batch 256 (rate scaled to 0.4: half the steps)",
+            [*RATE_0_2, "train.batch_size=256"],
+        ),
+    }
+)
 BASELINES = {
     "baseline_strong": ("plain tf_keras, strong recipe (SGD Nesterov, cosine, L2 5e-4)", "strong"),
     "baseline_keras_example": ("plain tf_keras, Keras example recipe (Adam 1e-3)", "keras-example"),
