@@ -1,5 +1,6 @@
 """Issue 5 end to end: the real `compactcnn run` under mirrored, multi-worker (with a kill and a
-restart) and mixed-precision training, on tiny synthetic data in fresh subprocesses.
+restart) and mixed-precision training, on tiny synthetic data in fresh subprocesses. The mirrored
+and multi-worker runs distil from a teacher (issue 11: distillation under every strategy).
 
 One of the slowest test files of the suite: every run starts TensorFlow, and they all start at
 once, so their start-ups overlap.
@@ -25,6 +26,7 @@ import yaml
 from compactcnn import train
 from compactcnn.config import TrainConfig
 from tests.helpers import free_ports
+from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -45,6 +47,7 @@ UNPRUNED = ["--set", "prune.schedule=none"]
 MIRRORED = ["--set", "distribute.strategy=mirrored", "--set", "distribute.cpu_devices=2"]
 BFLOAT16 = ["--set", "train.precision=mixed_bfloat16"]
 UNSCALED = ["--set", "train.scale_learning_rate=false"]
+MULTI_WORKER = ["--set", "distribute.strategy=multi_worker", "--set", "distribute.save_freq=3"]
 
 
 def command(run_dir: Path, *settings: str) -> list[str]:
@@ -66,6 +69,7 @@ class Launch:
 
     def __init__(self, run_dir: Path, settings: list[str], log_name: str, **environ: str):
         self.run_dir, self.log, self.environ = run_dir, run_dir.parent / log_name, environ
+        self.settings = settings
         with open(f"{self.log}.out", "w") as out, open(f"{self.log}.err", "w") as err:
             self.process = subprocess.Popen(
                 command(run_dir, *settings),
@@ -117,20 +121,25 @@ def check_float32_export_matches_keras(metrics: dict) -> None:
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
+    # An untrained teacher of another architecture is enough: what is tested is that it runs,
+    # frozen, beside the student on every replica's batch (its accuracy does not matter).
+    teacher = folder / "teacher.keras"
+    build_tiny_model(width=8, num_classes=10, size=32).save(teacher)
+    distilled = ["--set", f"distill.teacher={teacher}"]
     singles = {
-        "mirrored": Launch(folder / "mirrored", MIRRORED, "mirrored"),
+        "mirrored": Launch(folder / "mirrored", [*MIRRORED, *distilled], "mirrored"),
         "bf16_mirrored": Launch(
             folder / "bf16_mirrored", [*MIRRORED, *UNPRUNED, *BFLOAT16, *UNSCALED], "bf16_mirrored"
         ),
         "bf16_pruned": Launch(folder / "bf16_pruned", BFLOAT16, "bf16_pruned"),
     }
-    first = start_workers(folder / "multi_worker", "first")
+    first = start_workers(folder / "multi_worker", "first", distilled)
     try:
         second, before = kill_and_restart(first)
     except BaseException:
         stop([*singles.values(), *first])
         raise
-    yield {**singles, "workers": second, "before": before}
+    yield {**singles, "workers": second, "before": before, "teacher": teacher}
     stop([*singles.values(), *second])
 
 
@@ -149,7 +158,7 @@ def mirrored_run(launched):
     return launched["mirrored"].succeeded()
 
 
-def test_mirrored_run_has_two_replicas_global_batch_and_scaled_rate(mirrored_run):
+def test_mirrored_run_has_two_replicas_global_batch_and_scaled_rate(mirrored_run, launched):
     run_dir, stdout = mirrored_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["run"]["strategy"] == "MirroredStrategy"
@@ -163,6 +172,7 @@ def test_mirrored_run_has_two_replicas_global_batch_and_scaled_rate(mirrored_run
         "precision_policy": "float32",
         "precision_reason": "set in the config",
         "image_size": [32, 32],
+        "distill_teacher": str(launched["teacher"]),
     }
     assert metrics["run"]["learning_rate"] == pytest.approx(0.025)
     assert "Epoch 3/3" in stdout
@@ -256,7 +266,9 @@ def test_mixed_float16_gets_a_loss_scale_optimizer():
 # --- 2 and 3: two `compactcnn run` workers, killed and restarted -----------------------------
 
 
-def start_workers(folder: Path, attempt: str, addresses: list[str] | None = None) -> list[Launch]:
+def start_workers(
+    folder: Path, attempt: str, settings: list[str], addresses: list[str] | None = None
+) -> list[Launch]:
     """Starts worker 0 (the chief, as the cluster has no `chief` task) and worker 1."""
     folder.mkdir(exist_ok=True)
     addresses = addresses or [f"127.0.0.1:{port}" for port in free_ports(2)]
@@ -268,7 +280,7 @@ def start_workers(folder: Path, attempt: str, addresses: list[str] | None = None
         launches.append(
             Launch(
                 folder / "run",
-                ["--set", "distribute.strategy=multi_worker", "--set", "distribute.save_freq=3"],
+                [*settings, *MULTI_WORKER],
                 f"{attempt}{index}",
                 TF_CONFIG=json.dumps(tf_config),
                 TMPDIR=str(temporary),
@@ -310,7 +322,8 @@ def kill_and_restart(first: list[Launch]) -> tuple[list[Launch], dict]:
         "worker_tmp": list((run_dir.parent / "tmp1").glob("compactcnn-*")),
     }
     addresses = json.loads(first[0].environ["TF_CONFIG"])["cluster"]["worker"]
-    return start_workers(run_dir.parent, "second", addresses), before
+    settings = first[0].settings[: -len(MULTI_WORKER)]
+    return start_workers(run_dir.parent, "second", settings, addresses), before
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +332,16 @@ def killed_and_resumed(launched):
     keys = ("code", "stdout", "stderr")
     results = [dict(zip(keys, launch.finish(), strict=True)) for launch in launched["workers"]]
     return run_dir, run_dir.parent, launched["before"], results
+
+
+def check_distilled(run_dir: Path, teacher: Path) -> None:
+    """The run trained through the teacher on every epoch and exported the student alone."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["distill"]["teacher"] == str(teacher)
+    assert all(float(row["distillation_loss"]) > 0 for row in read_history(run_dir))
+    exported = keras.models.load_model(run_dir / "model.keras", compile=False)
+    assert exported.count_params() == metrics["keras"]["params"]
+    assert exported.count_params() != keras.models.load_model(teacher).count_params()
 
 
 def test_two_workers_finish_with_identical_weights(killed_and_resumed):
@@ -335,8 +358,14 @@ def test_two_workers_finish_with_identical_weights(killed_and_resumed):
     assert metrics["run"]["workers"] == 2 and metrics["run"]["replicas"] == 2
     assert metrics["run"]["global_batch_size"] == 32  # 16 per replica x 2 workers
     assert metrics["run"]["learning_rate"] == pytest.approx(0.025)
+    # Pruned to the target through the Distiller: the step callback found the student's wrappers.
     assert metrics["pruning"]["overall_sparsity"] == pytest.approx(0.70, abs=0.005)
     check_float32_export_matches_keras(metrics)
+
+
+def test_distillation_under_mirrored_and_multi_worker(mirrored_run, killed_and_resumed, launched):
+    check_distilled(mirrored_run[0], launched["teacher"])
+    check_distilled(killed_and_resumed[0], launched["teacher"])
 
 
 def test_only_the_chief_writes_a_run_directory(killed_and_resumed):
