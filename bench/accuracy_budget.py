@@ -322,6 +322,8 @@ def measure_file(path: Path, latency_runs: int) -> dict[str, Any]:
         "max_distinct_per_scale": max(count["per_scale"] for count in counts),
         "max_distinct_per_tensor": max(count["values"] for count in counts),
         **evaluate.file_sizes(path),
+        # What limits the gzip ratio: the weight codes' order-0 entropy (evaluate.weight_entropy).
+        **evaluate.weight_entropy(path),
         "latency_ms": round(evaluate.measure_latency(path, image, 1, latency_runs), 4),
         "latency_threads": 1,
         "latency_runs": latency_runs,

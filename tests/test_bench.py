@@ -129,6 +129,8 @@ def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row["int8_sha256"]
         assert row["gzip_bytes"] == _gzip_bytes(path)
         assert row["latency_ms"] > 0 and row["drop_points"] is not None
+        assert row["weight_bytes"] == row["weights"]  # int8: a byte per weight
+        assert 0 < row["entropy_bytes"] < row["weight_bytes"]
     best, plain = rows["best", 0.7], rows["plain_tfmot", 0.7]
     assert best["epochs"] == {"dense": 1, "prune": 1, "cluster": 1, "qat": 1, "total": 4}
     assert plain["epochs"] == {"dense": 1, "prune": 3, "cluster": 0, "qat": 0, "total": 4}

@@ -153,6 +153,30 @@ def test_count_tflite_zeros_finds_the_zeroed_kernels(zeroed_files, name):
     assert counts["zeros_fraction"] == pytest.approx(zeros / size)
 
 
+def test_weight_entropy_is_that_of_the_kernels_values(tmp_path):
+    """Kernels of 0 and +-1 only: per channel, int8 codes 0 and +-127 map one to one onto them."""
+    keras.utils.set_random_seed(2)
+    model = build_tiny_model(width=16)
+    generator = np.random.default_rng(4)
+    expected_bits, size = 0.0, 0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            shape = tuple(layer.kernel.shape)
+            values = generator.choice([0.0, 0.0, 0.0, 1.0, -1.0], shape).astype(np.float32)
+            values[..., 0] = 1.0  # every channel's largest magnitude is 1: its code is 127
+            layer.kernel.assign(values)
+            _, counts = np.unique(values, return_counts=True)
+            expected_bits += -(counts * np.log2(counts / values.size)).sum()
+            size += values.size
+    images, _ = colour_images(16, seed=5)
+    config = QuantizeConfig(calibration_samples=8)
+    files = quantize.export(model, config, images, tmp_path, ["int8"])
+    entropy = evaluate.weight_entropy(files["int8"])
+    assert entropy["weight_bytes"] == size  # one byte per int8 code
+    assert entropy["entropy_bytes"] == round(expected_bits / 8)
+    assert entropy["entropy_bytes"] < size / 4  # ~1.4 bits of 8
+
+
 def test_sparse_files_hold_sparse_tensors_and_still_run(zeroed_files):
     files, _, _ = zeroed_files
     for name in ("sparse_float16", "sparse_int8"):
