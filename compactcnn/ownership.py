@@ -41,6 +41,9 @@ LOCK_ATTEMPTS = 5
 LOCK_RETRY_SECONDS = 0.05
 # What every finished run's metrics.json holds (read by `compactcnn run` when it was finished).
 METRICS_KEYS = frozenset({"keras", "tflite"})
+# What `compactcnn run` prints when its folder holds a finished run: a sweep that launched it
+# reads it to tell a run another process finished from one it ran itself.
+ALREADY_FINISHED = "is already finished; delete it to run again"
 # Keys that cannot change what a run produces: a restart may change them.
 RESULT_NEUTRAL_KEYS = ("output.", "distribute.save_freq")
 
@@ -129,7 +132,12 @@ def lock(folder: Path) -> Iterator[None]:
         }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(me).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            # Emptied while still held: a released lock that named this pid would mislead
+            # anyone who reads the file (a killed process leaves its line, which is harmless).
+            os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)  # releases the lock
 

@@ -62,7 +62,7 @@ def run(config: Config, run_dir: str | os.PathLike, verbose: int = 1) -> dict[st
     # Before anything is written: one process and one config per run directory.
     with ownership.claim(run_dir, config) as claim:
         if claim.finished:
-            print(f"{run_dir} is already finished; delete it to run again")
+            print(f"{run_dir} {ownership.ALREADY_FINISHED}")
             return claim.metrics
         training = build_training(config)
         write_dir, cleanup = distribute.worker_run_dir(run_dir, training.strategy)

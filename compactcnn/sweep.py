@@ -417,6 +417,9 @@ def _execute(
     if ownership.holder(run_dir):
         print(f"sweep: skip  {point.name} (another process is running it)", flush=True)
         return TAKEN
+    if ownership.finished(run_dir):  # by another process since this one listed its runs
+        print(f"sweep: skip  {point.name} (another process finished it)", flush=True)
+        return None
     error_path = run_dir / "error.txt"
     error_path.unlink(missing_ok=True)  # A stale error from an earlier attempt would mislead.
     stdout_path = sweep_dir / "logs" / f"{point.name}.out"
@@ -426,6 +429,7 @@ def _execute(
     # Appended to: a process that loses the race for the folder must not truncate the logs of
     # the one running it, and a resumed run's log keeps its earlier attempts.
     with stdout_path.open("a") as stdout, stderr_path.open("a") as stderr:
+        log_start = stdout_path.stat().st_size  # this attempt's output starts here
         process = runs.start(command_builder(base, point.overrides, run_dir), stdout, stderr)
         if process is None:
             return None
@@ -438,7 +442,13 @@ def _execute(
         return None  # Interrupted, not failed: the next launch resumes it.
     seconds = time.monotonic() - started
     if returncode == 0 and (run_dir / "metrics.json").exists():
-        print(f"sweep: done  {point.name} ({seconds:.0f} s)", flush=True)
+        with stdout_path.open("rb") as log:
+            log.seek(log_start)
+            # Another process finished it between the check above and this run's own lock.
+            by_another = ownership.ALREADY_FINISHED.encode() in log.read()
+        state = "skip " if by_another else "done "
+        reason = "another process finished it" if by_another else f"{seconds:.0f} s"
+        print(f"sweep: {state} {point.name} ({reason})", flush=True)
         return None
     if returncode != 0 and ownership.holder(run_dir):
         # Another process took the folder between our check and the run's own lock.

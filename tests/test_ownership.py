@@ -100,6 +100,7 @@ def test_the_lock_dies_with_its_process(held):
     with ownership.lock(run_dir):
         assert ownership.holder(run_dir)["pid"] == os.getpid()
     assert ownership.holder(run_dir) is None
+    assert (run_dir / ownership.LOCK_NAME).read_text() == ""  # no stale pid once released
 
 
 def _started_run(tmp_path, overrides=()):
@@ -127,7 +128,9 @@ def test_a_restart_with_another_config_lists_the_changed_keys(tmp_path, capsys):
         "delete the folder",
     )
     after = _snapshot(run_dir)
-    after.pop(".lock")  # the lock file stays: deleting a lock file races with other processes
+    # The lock file stays (deleting a lock file races with other processes), naming nobody.
+    assert (run_dir / ownership.LOCK_NAME).read_text() == ""
+    after.pop(".lock")
     assert after == before
 
 
@@ -243,7 +246,7 @@ def test_a_kill_between_writing_and_renaming_metrics_resumes_to_a_clean_finish(t
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["epochs"] == 2
     assert not any(".tmp" in path.name for path in run_dir.rglob("*"))
-    assert not (run_dir / ".lock").read_text() or ownership.holder(run_dir) is None
+    assert (run_dir / ".lock").read_text() == "" and ownership.holder(run_dir) is None
 
 
 @pytest.mark.slow

@@ -327,3 +327,39 @@ def test_vary_takes_the_centre_value_of_a_varied_key_from_set(study):
         ("centre", 0.7),
         ("sparsity0.6", 0.6),
     ]
+
+
+def test_a_run_another_process_finished_is_skipped_not_reported_done(tmp_path, capsys):
+    """Two sweeps on one folder: the other one may finish a run after this one listed it."""
+    from compactcnn import ownership
+
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "logs").mkdir(parents=True)
+    point = sweep.Point("seed0", {"train.seed": 0}, ["train.seed=0"])
+    run_dir = sweep_dir / "runs" / "seed0"
+    record = json.dumps({"keras": {}, "tflite": {}})
+    # What `compactcnn run` does when it finds the folder finished: a line, exit 0.
+    finished_by_other = textwrap.dedent(
+        f"""
+        import pathlib
+        run_dir = pathlib.Path({str(run_dir)!r})
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text({record!r})
+        print(run_dir, {ownership.ALREADY_FINISHED!r})
+        """
+    )
+    launched = []
+
+    def builder(base, overrides, folder):
+        launched.append(folder)
+        return [sys.executable, "-c", finished_by_other]
+
+    # Finished between this sweep's launch of the run and the run's own lock.
+    assert sweep._execute(point, tmp_path, sweep_dir, builder, sweep._Runs()) is None
+    assert launched == [run_dir]
+    assert "sweep: skip  seed0 (another process finished it)" in capsys.readouterr().out
+    # Finished before this sweep reached it: nothing is launched at all.
+    assert sweep._execute(point, tmp_path, sweep_dir, builder, sweep._Runs()) is None
+    assert launched == [run_dir]
+    assert "sweep: skip  seed0 (another process finished it)" in capsys.readouterr().out
+    assert not (run_dir / "error.txt").exists()
