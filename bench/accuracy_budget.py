@@ -12,7 +12,8 @@ epochs, post-training int8) too. At each sparsity:
   per layer and prune- and cluster-preserving QAT (PCQAT) before the int8 export;
 - `plain_tfmot`: what a competent user gets without us (see bench/baseline.py);
 - `no_pcqat`, `uniform`, `no_kd`: `best` with one technique removed (no clusters and no PCQAT,
-  the int8 file then post-training quantized; uniform allocation; no distillation).
+  the int8 file then post-training quantized; uniform allocation; no distillation);
+- `no_qat`: `best` without PCQAT: C + Q clustering epochs, then post-training int8.
 
 Every int8 file is read back: zeros, distinct values (per quantization scale and per tensor),
 bytes, gzip bytes and batch-1 latency at 1 thread are measured here from the file; the Keras and
@@ -52,6 +53,9 @@ ROWS = {
     "no_pcqat": "best without clusters and PCQAT (post-training int8; their epochs prune)",
     "uniform": "best with prune.allocation=uniform",
     "no_kd": "best without distillation",
+    # Post-training int8 keeps the clusters and zeros too (each per-channel scale maps a kernel's
+    # shared values to as many codes); its QAT epoch clusters instead.
+    "no_qat": "best without PCQAT: clusters, then post-training int8",
 }
 # Stands for the dense run directory in a row's settings, so they do not depend on --cache-dir.
 DENSE = "<dense>"
@@ -143,13 +147,14 @@ def _budget(args) -> dict[str, Any]:
 def _epochs(args, kind: str) -> dict[str, int]:
     """The epochs a row spends in each stage (the chain's cluster and QAT epochs prune when the
     row has no chain)."""
-    chain = kind in ("best", "uniform", "no_kd")
+    chain = kind in ("best", "uniform", "no_kd", "no_qat")
     compression = args.finetune_epochs + args.cluster_epochs + args.qat_epochs
+    qat = args.qat_epochs if chain and kind != "no_qat" else 0
     epochs = {
         "dense": args.epochs,
         "prune": 0 if kind == "dense" else args.finetune_epochs if chain else compression,
-        "cluster": args.cluster_epochs if chain else 0,
-        "qat": args.qat_epochs if chain else 0,
+        "cluster": args.cluster_epochs + args.qat_epochs - qat if chain else 0,
+        "qat": qat,
     }
     return {**epochs, "total": sum(epochs.values())}
 
@@ -179,9 +184,9 @@ def _settings(args, kind: str, sparsity: float) -> tuple[str, ...]:
         overrides += [
             f"quantize.weight_clusters={args.clusters}",
             f"quantize.cluster_epochs={epochs['cluster']}",
-            "quantize.qat=true",
-            f"quantize.qat_epochs={epochs['qat']}",
         ]
+    if epochs["qat"]:
+        overrides += ["quantize.qat=true", f"quantize.qat_epochs={epochs['qat']}"]
     # Only the files the table reads: skipping float16 and dynamic_int8 saves minutes per row.
     return (*overrides, "quantize.formats=[float32, int8]")
 

@@ -4,6 +4,7 @@ They check the plumbing (machine description, commands with wall times, positive
 that are the quotient of the rates measured), never timing targets: the machine is shared.
 """
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -207,3 +208,22 @@ def test_quick_runs_write_apart_from_the_committed_full_results(tmp_path):
     assert quick == common.RESULTS_DIR / "quick" == common.QUICK_RESULTS_DIR
     chosen = arguments.parse_args(["--quick", "--results-dir", str(tmp_path)]).results_dir
     assert chosen == tmp_path
+
+
+def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat():
+    args = argparse.Namespace(
+        epochs=10, finetune_epochs=3, cluster_epochs=1, qat_epochs=1, clusters=16,
+        allocation="sensitivity",
+    )  # fmt: skip
+    totals = {kind: accuracy_budget._epochs(args, kind)["total"] for kind in accuracy_budget.ROWS}
+    assert set(totals.values()) == {15}
+    assert accuracy_budget._epochs(args, "no_qat") == {
+        "dense": 10, "prune": 3, "cluster": 2, "qat": 0, "total": 15,
+    }  # fmt: skip
+    no_qat = accuracy_budget._settings(args, "no_qat", 0.8)
+    assert "quantize.cluster_epochs=2" in no_qat
+    assert not any("qat" in setting.split("=")[0] for setting in no_qat)
+    # The committed rows' settings are unchanged, so their results are still reused.
+    assert accuracy_budget._settings(args, "best", 0.8)[-3:] == (
+        "quantize.qat=true", "quantize.qat_epochs=1", "quantize.formats=[float32, int8]",
+    )  # fmt: skip
