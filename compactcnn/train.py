@@ -174,8 +174,8 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable, count: int) -> 
     """Recomputes every BatchNormalization layer's moving mean and variance with the final weights.
 
     Each layer's momentum is set to k / (k + 1) for the k-th batch, which makes the moving
-    statistics the exact average over the batches seen, then restored. Only the statistics
-    change: no weight is updated.
+    statistics the exact average over the batches seen, then restored. No trainable weight is
+    updated.
 
     The batches should be the training batches as training saw them, augmentation included (as
     SWA's BN update does). Measured on a dense ResNet-20 trained 10 epochs on CIFAR-10 with crop
@@ -184,7 +184,9 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable, count: int) -> 
     augmented images, so "test-like" statistics shift every layer's normalization.
 
     Args:
-        model: A float model (BN layers at its top level, as in every model compactcnn builds).
+        model: A float or QAT model whose BN layers sit at its top level, bare or in a wrapper
+            (as in every model compactcnn builds, and their QAT versions). Called in training
+            mode, so a QAT model's activation ranges move on these batches too.
         batches: Image batches (float32 or uint8 NHWC), or (images, labels) pairs, e.g. the
             run's training dataset; read until `count` batches have been seen.
         count: How many batches to average over (0 does nothing).
@@ -192,7 +194,10 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable, count: int) -> 
     Returns:
         The number of BatchNormalization layers recalibrated.
     """
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # tfmot's QAT wrappers hold their BN layer (`QuantizeWrapper.layer`); it updates its
+    # statistics when the wrapper is called in training mode.
+    inner = [getattr(layer, "layer", layer) for layer in model.layers]
+    layers = [layer for layer in inner if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers or count < 1:
         return 0
     momentums = [layer.momentum for layer in layers]

@@ -126,6 +126,8 @@ def launched(tmp_path_factory):
     teacher = folder / "teacher.keras"
     build_tiny_model(width=8, num_classes=10, size=32).save(teacher)
     distilled = ["--set", f"distill.teacher={teacher}"]
+    # The distilled runs also QAT fine-tune (distilled too) and export a QAT int8 file.
+    distilled += ["--set", "quantize.qat=true", "--set", "quantize.formats=[float32,int8]"]
     singles = {
         "mirrored": Launch(folder / "mirrored", [*MIRRORED, *distilled], "mirrored"),
         "bf16_mirrored": Launch(
@@ -366,6 +368,18 @@ def test_two_workers_finish_with_identical_weights(killed_and_resumed):
 def test_distillation_under_mirrored_and_multi_worker(mirrored_run, killed_and_resumed, launched):
     check_distilled(mirrored_run[0], launched["teacher"])
     check_distilled(killed_and_resumed[0], launched["teacher"])
+
+
+def test_qat_int8_under_mirrored_and_multi_worker(mirrored_run, killed_and_resumed):
+    """The prune-preserving QAT fine-tune ran on distributed variables, then its BN statistics
+    were recalibrated on a local copy that the chief exported (run.compress)."""
+    for run_dir in (mirrored_run[0], killed_and_resumed[0]):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        int8 = metrics["tflite"]["int8"]
+        assert int8["qat"] is True
+        assert int8["zeros_fraction"] == pytest.approx(0.70, abs=0.01)
+        # 8-bit weights and activations of the same network: most labels agree.
+        assert int8["agreement"] >= 0.8, run_dir.name
 
 
 def test_only_the_chief_writes_a_run_directory(killed_and_resumed):
