@@ -50,9 +50,7 @@ def test_qat_model_batchnorm_holds_the_average_over_the_first_training_batches(c
     batches = list(training.train_stream().take(RECALIBRATION_BATCHES))
     inputs = [probe(images, training=False) for images, _ in batches]
     for index, wrapper in enumerate(wrappers):
-        expected = np.mean(
-            [batch[index].numpy().mean(axis=(0, 1, 2)) for batch in inputs], axis=0
-        )
+        expected = np.mean([batch[index].numpy().mean(axis=(0, 1, 2)) for batch in inputs], axis=0)
         # The stem's BN input does not depend on other BN layers: within 5%. Deeper ones are
         # computed here with recalibrated statistics before them, where recalibration used
         # batch statistics (training mode), and activation ranges move: within 30%. Without
@@ -60,4 +58,3 @@ def test_qat_model_batchnorm_holds_the_average_over_the_first_training_batches(c
         error = np.linalg.norm(wrapper.layer.moving_mean.numpy() - expected)
         assert error < (0.05 if index == 0 else 0.3) * np.linalg.norm(expected), wrapper.name
         assert wrapper.layer.momentum == pytest.approx(0.99)  # restored
-
