@@ -154,6 +154,18 @@ def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
     assert len(again["commands"]) == 1
     assert again["results"]["rows"] == results["rows"]
 
+    # A dense row from another dense run (retrained elsewhere) is replaced by the one the
+    # re-measured rows started from; the best row's run is still in the cache.
+    stale = json.loads((tmp_path / "accuracy_budget.json").read_text())
+    stale_rows = stale["results"]["rows"]
+    stale_rows[0]["int8_sha256"] = "another dense run"
+    stale["results"]["rows"] = [row for row in stale_rows if row["row"] != "best"]
+    (tmp_path / "accuracy_budget.json").write_text(json.dumps(stale))
+    accuracy_budget.main(args)
+    third = {row["row"]: row for row in _load(tmp_path, "accuracy_budget")["results"]["rows"]}
+    assert third["dense"] == rows["dense", 0.0] | {"latency_ms": third["dense"]["latency_ms"]}
+    assert third["best"]["int8_sha256"] == best["int8_sha256"]
+
 
 def _gzip_bytes(path):
     return len(gzip.compress(path.read_bytes(), compresslevel=9))
