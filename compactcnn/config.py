@@ -149,7 +149,8 @@ class TrainConfig:
             behind weights that changed fast (pruning, short fine-tunes): a 70%-pruned 4-epoch
             run scored 19% with them and 100% after recalibration. Augmented, as training saw
             them: unaugmented images cost a dense 10-epoch ResNet-20 2.2 points (see
-            `train.recalibrate_batchnorm`).
+            `train.recalibrate_batchnorm`). The QAT model is recalibrated too, after its
+            fine-tune.
         steps_per_epoch: Limit the steps per epoch (0 means a full pass).
         seed: Seed for weights, shuffling and augmentation.
     """

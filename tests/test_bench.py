@@ -238,6 +238,13 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     assert "quantize.cluster_epochs=2" in no_qat
     assert not any("qat" in setting.split("=")[0] for setting in no_qat)
     # The committed rows' settings are unchanged, so their results are still reused.
-    assert accuracy_budget._settings(args, "best", 0.8)[-3:] == (
+    best = accuracy_budget._settings(args, "best", 0.8)
+    assert best[-3:] == (
         "quantize.qat=true", "quantize.qat_epochs=1", "quantize.formats=[float32, int8]",
     )  # fmt: skip
+    # Distillation only in the `kd` row, which is `best` plus the teacher.
+    kd = accuracy_budget._settings(args, "kd", 0.8)
+    assert not any(setting.startswith("distill.") for setting in best)
+    assert [setting for setting in kd if setting not in best] == [
+        f"distill.teacher={accuracy_budget.DENSE}"
+    ]
