@@ -216,6 +216,7 @@ class _Context:
         self.recorder, self.args = recorder, args
         self._dense: tuple[Path, dict[str, Any]] | None = None
         self._sensitivity: Path | None = None
+        self._dense_commands: list[dict[str, Any]] = []
 
     @property
     def dense_loaded(self) -> bool:
@@ -224,11 +225,24 @@ class _Context:
 
     def dense(self) -> tuple[Path, dict[str, Any]]:
         if self._dense is None:
+            before = len(self.recorder.commands)
             self._dense = runs.dense(self.recorder, self.args)
+            self._dense_commands = self.recorder.commands[before:]
         return self._dense
 
     def measure(self, kind: str, sparsity: float, settings: list[str]) -> dict[str, Any]:
-        """Trains (or reuses the cached run of) one row and measures its int8 file."""
+        """Trains (or reuses the cached run of) one row and measures its int8 file.
+
+        The row keeps the commands that made it (the results JSON's `commands` holds only the
+        last call's, and a row outlives the call that measured it).
+        """
+        before = len(self.recorder.commands)
+        row = self._measure(kind, sparsity, settings)
+        made = self.recorder.commands[before:]
+        row["commands"] = self._dense_commands if kind == "dense" else made
+        return row
+
+    def _measure(self, kind: str, sparsity: float, settings: list[str]) -> dict[str, Any]:
         args = self.args
         dense_dir, dense = self.dense()
         reference = dense["keras"]["test_accuracy"]

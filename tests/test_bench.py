@@ -145,6 +145,12 @@ def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
     commands = [command["command"] for command in payload["commands"]]
     assert any(" sensitivity " in command for command in commands)
     assert any("--prune-sparsity 0.7" in command for command in commands)
+    # Each row keeps the commands that made it, so they outlive this call's `commands` list.
+    made = {kind: [command["command"] for command in row["commands"]] for kind, row in rows.items()}
+    assert len(made["dense", 0.0]) == 1 and "train.epochs=1" in made["dense", 0.0][0]
+    assert any("prune.final_sparsity=0.7" in command for command in made["best", 0.7])
+    assert not any("bench.baseline" in command for command in made["best", 0.7])
+    assert any("--prune-sparsity 0.7" in command for command in made["plain_tfmot", 0.7])
     assert all(target["value"] is not None for target in payload["targets"].values())
     assert len(payload["targets"]) == 3
 
@@ -163,7 +169,9 @@ def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
     (tmp_path / "accuracy_budget.json").write_text(json.dumps(stale))
     accuracy_budget.main(args)
     third = {row["row"]: row for row in _load(tmp_path, "accuracy_budget")["results"]["rows"]}
-    assert third["dense"] == rows["dense", 0.0] | {"latency_ms": third["dense"]["latency_ms"]}
+    dense = third["dense"]
+    assert dense == rows["dense", 0.0] | {key: dense[key] for key in ("latency_ms", "commands")}
+    assert dense["commands"][0]["cached"] is True
     assert third["best"]["int8_sha256"] == best["int8_sha256"]
 
 
