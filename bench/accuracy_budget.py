@@ -30,6 +30,8 @@ benchmark can span machines whose cache folders are gone.
     python -m bench.accuracy_budget --sparsities 0.7 --rows best,plain_tfmot
     python -m bench.accuracy_budget --finetune-epochs 3 \
         --results-dir bench/results/accuracy_budget-f5  # the first budget, F=3+1+1
+    python -m bench.accuracy_budget --seed 1 --rows best,plain_tfmot \
+        --results-dir bench/results/accuracy_budget-seed1  # a second seed, every run of its own
     python -m bench.accuracy_budget --quick          # 70% only, 3 steps per epoch, the sample
 """
 
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments.add_argument(
         "--latency-runs", type=int, default=100, help="timed batch-1 invocations per file"
+    )
+    arguments.add_argument(
+        "--seed", type=int, default=0, help="train.seed of every run (plain tfmot: its --seed)"
     )
     args = arguments.parse_args(argv)
     runs.quick(args)
@@ -187,14 +192,18 @@ def _settings(args, kind: str, sparsity: float) -> tuple[str, ...]:
     """A row's settings: its `--set` overrides (plain tfmot: its options), the dense run dir as
     DENSE. Equal settings and budget: the row in the results JSON is reused."""
     epochs = _epochs(args, kind)
+    # Seed 0 adds nothing, so the rows measured before --seed existed are still reused.
+    seed = [f"train.seed={args.seed}"] if args.seed else []
     if kind == "dense":
-        return (f"train.epochs={args.epochs}",)
+        return (f"train.epochs={args.epochs}", *seed)
     if kind == "plain_tfmot":
-        return ("bench.baseline", "--recipe strong", f"--prune-epochs {epochs['prune']}")
+        plain = ("bench.baseline", "--recipe strong", f"--prune-epochs {epochs['prune']}")
+        return plain + ((f"--seed {args.seed}",) if args.seed else ())
     overrides = [
         f"train.epochs={epochs['prune']}",
         f"prune.final_sparsity={sparsity}",
         f"prune.allocation={'uniform' if kind == 'uniform' else args.allocation}",
+        *seed,
     ]
     if kind == "kd":
         overrides.append(f"distill.teacher={DENSE}")
@@ -226,7 +235,7 @@ class _Context:
     def dense(self) -> tuple[Path, dict[str, Any]]:
         if self._dense is None:
             before = len(self.recorder.commands)
-            self._dense = runs.dense(self.recorder, self.args)
+            self._dense = runs.dense(self.recorder, self.args, self.args.seed)
             self._dense_commands = self.recorder.commands[before:]
         return self._dense
 
@@ -264,7 +273,9 @@ class _Context:
                 latency_runs=args.latency_runs,
             )
         if kind == "plain_tfmot":
-            out, metrics = runs.plain_tfmot(self.recorder, args, sparsity, epochs["prune"])
+            out, metrics = runs.plain_tfmot(
+                self.recorder, args, sparsity, epochs["prune"], seed=args.seed
+            )
             return _row(
                 kind,
                 sparsity,

@@ -41,9 +41,10 @@ def _run(recorder, args, label: str, overrides: list[str]) -> tuple[Path, dict[s
     return common.compactcnn_run(recorder, label, overrides, args.cache_dir)
 
 
-def dense(recorder, args) -> tuple[Path, dict[str, Any]]:
-    """The dense ResNet-20 trained for `args.epochs`."""
-    return _run(recorder, args, f"dense-e{args.epochs}", [f"train.epochs={args.epochs}"])
+def dense(recorder, args, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """The dense ResNet-20 trained for `args.epochs` (with `train.seed` when `seed` is not 0)."""
+    overrides = [f"train.epochs={args.epochs}"] + ([f"train.seed={seed}"] if seed else [])
+    return _run(recorder, args, f"dense-e{args.epochs}", overrides)
 
 
 def finetune(

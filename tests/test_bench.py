@@ -235,7 +235,7 @@ def test_quick_runs_write_apart_from_the_committed_full_results(tmp_path):
 def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat():
     args = argparse.Namespace(
         epochs=10, finetune_epochs=3, cluster_epochs=1, qat_epochs=1, clusters=16,
-        allocation="sensitivity",
+        allocation="sensitivity", seed=0,
     )  # fmt: skip
     totals = {kind: accuracy_budget._epochs(args, kind)["total"] for kind in accuracy_budget.ROWS}
     assert set(totals.values()) == {15}
@@ -256,3 +256,35 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     assert [setting for setting in kd if setting not in best] == [
         f"distill.teacher={accuracy_budget.DENSE}"
     ]
+
+
+def test_accuracy_budget_seed_reaches_every_run_and_seed_0_keeps_committed_settings(tmp_path):
+    args = argparse.Namespace(
+        epochs=10, finetune_epochs=8, cluster_epochs=1, qat_epochs=1, clusters=16,
+        allocation="sensitivity", seed=0,
+    )  # fmt: skip
+    kinds = ["dense", *accuracy_budget.ROWS]
+    unseeded = {kind: accuracy_budget._settings(args, kind, 0.7) for kind in kinds}
+    assert not any("seed" in setting for settings in unseeded.values() for setting in settings)
+    assert unseeded["dense"] == ("train.epochs=10",)
+    args.seed = 1
+    for kind in kinds:
+        seeded = accuracy_budget._settings(args, kind, 0.7)
+        wanted = "--seed 1" if kind == "plain_tfmot" else "train.seed=1"
+        assert wanted in seeded, kind
+        assert [setting for setting in seeded if setting not in unseeded[kind]] == [wanted]
+        # Ours pass settings[2:] to `compactcnn run`: the seed must be among them.
+        if kind not in ("dense", "plain_tfmot"):
+            assert wanted in seeded[2:]
+    # runs.dense trains (here: finds) a run of its own for the seed.
+    key = common.run_key(common.JPEG_CONFIG, ["train.epochs=10", "train.seed=1"])
+    assert key != common.run_key(common.JPEG_CONFIG, ["train.epochs=10"])
+    run_dir = tmp_path / f"dense-e10-{key}"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"keras": {"test_accuracy": 0.8}}))
+    recorder = common.Recorder("unit", [], settings={})
+    found_dir, _ = runs.dense(
+        recorder, argparse.Namespace(quick=False, epochs=10, cache_dir=tmp_path), seed=1
+    )
+    assert common.resolve(found_dir) == run_dir
+    assert "--set train.seed=1" in recorder.commands[0]["command"]
