@@ -26,6 +26,11 @@ _clustering = tfmot.clustering.keras
 # density-based ones. k-means++ also fails on a kernel with fewer weights of one sign than
 # centroids for that sign.
 CENTROID_INITIALIZATION = _clustering.CentroidInitialization.LINEAR
+# config.CLUSTER_GRADIENTS, as tfmot names them.
+_GRADIENT_AGGREGATIONS = {
+    "sum": compat.GradientAggregation.SUM,
+    "average": compat.GradientAggregation.AVG,
+}
 # With the zero centroid fixed, 2 clusters would leave one shared value: tfmot refuses it.
 MINIMUM_CLUSTERS = 3
 
@@ -87,7 +92,7 @@ def skipped_layers(model: keras.Model, number_of_clusters: int) -> dict[str, str
     return skipped
 
 
-def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
+def prepare(model: keras.Model, number_of_clusters: int, gradient: str = "sum") -> keras.Model:
     """Wraps the model's kernel layers for sparsity-preserving clustering.
 
     The centroids are initialized from the model's own kernels, one set per kernel. (tfmot's
@@ -101,6 +106,8 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
         model: A Functional model, pruning stripped, trained (or fine-tuned). Under a mixed
             policy its clustered layers compute in 16 bits; kernels and centroids stay float32.
         number_of_clusters: Shared values per kernel, zero included (3 to 256).
+        gradient: `sum` or `average`: a shared value's gradient from those of its weights
+            (tfmot's `cluster_gradient_aggregation`).
 
     Returns:
         An uncompiled model with `ClusterWeights` wrappers and the same outputs as `model` up to
@@ -132,6 +139,7 @@ def prepare(model: keras.Model, number_of_clusters: int) -> keras.Model:
             number_of_clusters=number_of_clusters,
             cluster_centroids_init=CENTROID_INITIALIZATION,
             preserve_sparsity=True,
+            cluster_gradient_aggregation=_GRADIENT_AGGREGATIONS[gradient],
             dtype=copy.dtype_policy,
         )
 

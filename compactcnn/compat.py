@@ -48,7 +48,11 @@ check_versions()
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 # The imports below are private modules: tfmot exports no public name for its wrapper classes,
-# though its own callbacks and strip functions test layers against exactly these.
+# though its own callbacks and strip functions test layers against exactly these. Nor for the
+# enum of the clustering wrapper's `cluster_gradient_aggregation` argument.
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_config import (  # noqa: E402
+    GradientAggregation,
+)
 from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import (  # noqa: E402
     ClusterWeights,
 )
@@ -72,6 +76,7 @@ __all__ = [
     "BackupAfterLogging",
     "ClusterPreserveQuantizeScheme",
     "ClusterWeights",
+    "GradientAggregation",
     "MixedPrecisionClusterWeights",
     "MixedPrecisionPruneLowMagnitude",
     "PruneLowMagnitude",

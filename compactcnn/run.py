@@ -521,7 +521,9 @@ def _cluster_finetune(float_model, config: Config, training: Training):
     try:
         with training.strategy.scope():
             clustered = cluster.prepare(
-                with_policy(float_model, policy), config.quantize.weight_clusters
+                with_policy(float_model, policy),
+                config.quantize.weight_clusters,
+                config.quantize.cluster_gradient,
             )
         _finetune(
             clustered,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -157,3 +158,28 @@ def test_cluster_count_out_of_range_is_a_user_error(sparse_task, clusters):
     model, _, _ = sparse_task
     with pytest.raises(UserError, match="quantize.weight_clusters"):
         cluster.prepare(model, clusters)
+
+
+def _centroid_gradients(model, images, labels, gradient: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first clustered kernel's centroid gradients on one batch, and its cluster sizes."""
+    clustered = cluster.prepare(model, CLUSTERS, gradient)
+    wrapper = next(layer for layer in clustered.layers if isinstance(layer, cluster.ClusterWeights))
+    (name, centroids), *_ = wrapper.cluster_centroids.items()
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape() as tape:
+        value = loss(labels[:64], clustered(images[:64].astype(np.float32), training=True))
+    sizes = np.bincount(wrapper.pulling_indices[name].numpy().ravel(), minlength=CLUSTERS)
+    return tf.convert_to_tensor(tape.gradient(value, centroids)).numpy(), sizes
+
+
+def test_average_cluster_gradient_divides_each_centroid_gradient_by_its_cluster_size(
+    sparse_task,
+):
+    model, images, labels = sparse_task
+    summed, sizes = _centroid_gradients(model, images, labels, "sum")
+    averaged, same_sizes = _centroid_gradients(model, images, labels, "average")
+    np.testing.assert_array_equal(sizes, same_sizes)
+    used = sizes > 1  # a centroid of one weight gets the same gradient either way
+    assert used.sum() >= 2
+    assert np.abs(summed[used]).max() > 0
+    np.testing.assert_allclose(averaged[used], summed[used] / sizes[used], rtol=1e-4, atol=1e-9)

@@ -78,6 +78,7 @@ def test_overrides_are_typed_like_the_field():
         (["prune.final_sparsity=-0.1"], "'prune.final_sparsity' must be in [0, 1)"),
         (["train.precision=float64"], "'train.precision'"),
         (["quantize.formats=[int4]"], "'quantize.formats'"),
+        (["quantize.cluster_gradient=mean"], "not one of sum, average"),
         (["data.name=imagefolder"], "needs data.path"),
         (["train.epochs"], "not of the form"),
         (["quantize.weight_clusters=2"], "'quantize.weight_clusters' must be 0 (off) or 3"),
