@@ -235,7 +235,8 @@ def test_quick_runs_write_apart_from_the_committed_full_results(tmp_path):
 def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat():
     args = argparse.Namespace(
         epochs=10, finetune_epochs=3, cluster_epochs=1, qat_epochs=1, clusters=16,
-        allocation="sensitivity", seed=0,
+        allocation="sensitivity", seed=0, cluster_gradient="sum",
+        cluster_learning_rate=0.001,
     )  # fmt: skip
     totals = {kind: accuracy_budget._epochs(args, kind)["total"] for kind in accuracy_budget.ROWS}
     assert set(totals.values()) == {15}
@@ -256,12 +257,23 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     assert [setting for setting in kd if setting not in best] == [
         f"distill.teacher={accuracy_budget.DENSE}"
     ]
+    # The clustering's gradient and rate reach the rows that cluster, and only those.
+    assert not any("cluster_gradient" in setting for setting in best)
+    args.cluster_gradient, args.cluster_learning_rate = "average", 0.01
+    averaged = accuracy_budget._settings(args, "best", 0.8)
+    assert [setting for setting in averaged if setting not in best] == [
+        "quantize.cluster_gradient=average", "quantize.cluster_learning_rate=0.01",
+    ]  # fmt: skip
+    assert accuracy_budget._settings(args, "no_pcqat", 0.8) == accuracy_budget._settings(
+        argparse.Namespace(**{**vars(args), "cluster_gradient": "sum"}), "no_pcqat", 0.8
+    )
 
 
 def test_accuracy_budget_seed_reaches_every_run_and_seed_0_keeps_committed_settings(tmp_path):
     args = argparse.Namespace(
         epochs=10, finetune_epochs=8, cluster_epochs=1, qat_epochs=1, clusters=16,
-        allocation="sensitivity", seed=0,
+        allocation="sensitivity", seed=0, cluster_gradient="sum",
+        cluster_learning_rate=0.001,
     )  # fmt: skip
     kinds = ["dense", *accuracy_budget.ROWS]
     unseeded = {kind: accuracy_budget._settings(args, kind, 0.7) for kind in kinds}
@@ -288,3 +300,29 @@ def test_accuracy_budget_seed_reaches_every_run_and_seed_0_keeps_committed_setti
     )
     assert common.resolve(found_dir) == run_dir
     assert "--set train.seed=1" in recorder.commands[0]["command"]
+
+
+def test_rows_that_do_not_use_the_chain_carry_over_to_another_split_of_it(tmp_path):
+    def arguments(finetune, cluster):
+        return argparse.Namespace(
+            epochs=10, finetune_epochs=finetune, cluster_epochs=cluster, qat_epochs=1,
+            clusters=16, allocation="sensitivity", seed=0, cluster_gradient="sum",
+            cluster_learning_rate=0.001, quick=False, results_dir=tmp_path,
+        )  # fmt: skip
+
+    before = arguments(finetune=8, cluster=1)
+    rows = [
+        {"row": kind, "sparsity": 0.7, "epochs": accuracy_budget._epochs(before, kind),
+         "settings": list(accuracy_budget._settings(before, kind, 0.7))}
+        for kind in ("best", "plain_tfmot", "no_pcqat")
+    ]  # fmt: skip
+    budget = accuracy_budget._budget(before)
+    results = {"results": {"budget": budget, "rows": rows}}
+    (tmp_path / "accuracy_budget.json").write_text(json.dumps(results))
+    assert len(accuracy_budget._finished_rows(before, budget)) == 3
+    after = arguments(finetune=6, cluster=3)
+    kept = accuracy_budget._finished_rows(after, accuracy_budget._budget(after))
+    assert sorted(kind for kind, _, _ in kept) == ["no_pcqat", "plain_tfmot"]
+    # Another total (one more pruning epoch) reuses nothing.
+    longer = arguments(finetune=9, cluster=1)
+    assert accuracy_budget._finished_rows(longer, accuracy_budget._budget(longer)) == {}
