@@ -254,8 +254,9 @@ class QuantizeConfig:
         cluster_learning_rate: Learning rate of that fine-tuning.
         cluster_gradient: How a shared value's gradient is formed from those of the weights
             that share it: `sum` (tfmot's default) or `average` (tfmot's AVG aggregation).
-            Summed, a centroid shared by hundreds of weights moves hundreds of times faster than
-            a weight would at the same rate.
+            Summed, a centroid shared by hundreds of weights can move up to hundreds of times
+            faster than one weight at the same rate; use `average` (at a rate near 0.01) for more
+            than one clustering epoch.
     """
 
     formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
