@@ -17,6 +17,7 @@ import tf_keras as keras
 
 from compactcnn import compat, kernels
 from compactcnn.compat import ClusterWeights
+from compactcnn.config import QuantizeConfig
 from compactcnn.errors import UserError
 from compactcnn.prune import PRUNABLE_LAYER_TYPES
 
@@ -92,7 +93,11 @@ def skipped_layers(model: keras.Model, number_of_clusters: int) -> dict[str, str
     return skipped
 
 
-def prepare(model: keras.Model, number_of_clusters: int, gradient: str = "sum") -> keras.Model:
+def prepare(
+    model: keras.Model,
+    number_of_clusters: int,
+    gradient: str = QuantizeConfig.cluster_gradient,
+) -> keras.Model:
     """Wraps the model's kernel layers for sparsity-preserving clustering.
 
     The centroids are initialized from the model's own kernels, one set per kernel. (tfmot's
