@@ -248,6 +248,43 @@ def prepare_qat(
     return qat_model
 
 
+def share_kernel_ranges(qat_model: keras.Model) -> int:
+    """Gives every output channel of each per-channel quantized kernel its kernel's widest range.
+
+    For a clustered model, after the QAT fine-tune and before `export`. tfmot quantizes Conv2D
+    and DepthwiseConv2D kernels per output channel, each channel on its own range, so the same
+    shared value becomes a different int8 code in channels whose largest weight differs: a
+    16-cluster kernel held at most 15 codes per channel but 67-71 across the tensor. On one
+    range the codes are the same in every channel (the converter folds BatchNormalization into
+    the per-channel scales, not into the codes), which the file's gzip codes in fewer bytes.
+    The shared values then round on the coarser step of the widest channel, at most half of it.
+
+    Only for clustered kernels: a kernel with free values would lose the precision per-channel
+    ranges give its small channels. Running the model in training mode afterwards (a fit, a BN
+    recalibration) sets the ranges per channel again.
+
+    Returns:
+        How many kernels were set.
+    """
+    shared = 0
+    for layer in qat_model.layers:
+        ranges = {
+            weight.name.rsplit("_", 1)[-1]: weight
+            for weight in layer.weights
+            if weight.name.endswith(("kernel_min:0", "kernel_max:0")) and weight.shape.rank == 1
+        }
+        if set(ranges) != {"min:0", "max:0"}:
+            continue
+        widest = max(
+            float(np.max(np.abs(ranges["min:0"].numpy()))),
+            float(np.max(np.abs(ranges["max:0"].numpy()))),
+        )
+        ranges["min:0"].assign(np.full(ranges["min:0"].shape, -widest, np.float32))
+        ranges["max:0"].assign(np.full(ranges["max:0"].shape, widest, np.float32))
+        shared += 1
+    return shared
+
+
 class KeepZeros(keras.callbacks.Callback):
     """Keeps the zeros of depthwise kernels through QAT, after every training step.
 

@@ -574,6 +574,10 @@ def _quantization_aware_finetune(float_model, config: Config, training: Training
     train.recalibrate_batchnorm(
         local, training.train_stream(), config.train.bn_recalibration_batches
     )
+    if clustered:
+        # One range per kernel, so a shared value is one int8 code in every channel: an
+        # 80%-sparse ResNet-20 gzipped 1.14x smaller, its int8 accuracy +0.18 pt (bench/README.md).
+        quantize.share_kernel_ranges(local)
     return local
 
 

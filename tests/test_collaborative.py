@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from compactcnn import cluster, evaluate, quantize, run
 from compactcnn.cli import main
-from compactcnn.config import load_config
+from compactcnn.config import QuantizeConfig, load_config
 from tests.tiny import colour_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def scale_groups(values: np.ndarray, parameters: dict) -> list[np.ndarray]:
     return list(rows.reshape(len(parameters["scales"]), -1))
 
 
-def test_int8_file_keeps_the_zeros_and_at_most_n_values_per_scale(chain_run):
+def test_int8_file_keeps_the_zeros_and_at_most_n_values_per_scale_and_tensor(chain_run):
     run_dir, metrics = chain_run
     assert metrics["tflite"]["int8"]["qat"] is True
     weights = int8_weights(run_dir / "tflite" / "int8.tflite")
@@ -120,6 +120,9 @@ def test_int8_file_keeps_the_zeros_and_at_most_n_values_per_scale(chain_run):
         groups = scale_groups(values, parameters)
         for group in groups:
             assert np.unique(group).size <= CLUSTERS, name
+        # And per tensor: the run gives each clustered kernel one range for all its channels
+        # (`quantize.share_kernel_ranges`), so a shared value is one code in every channel.
+        assert np.unique(values).size <= CLUSTERS, name
         # Not a vacuous bound: some scale holds more non-zero weights than there are clusters.
         bounded += max(np.count_nonzero(group) for group in groups) > CLUSTERS
     assert zeros / total >= SPARSITY - 0.01
@@ -203,3 +206,38 @@ def test_one_cluster_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
     assert err.startswith("error: ") and "\n" not in err
     assert "'quantize.weight_clusters' must be 0 (off) or 3 to 256" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_shared_kernel_ranges_give_each_shared_value_one_code_in_every_channel(tmp_path):
+    """Per-channel ranges turn one shared value into a different int8 code in each channel
+    whose largest weight differs; one range per kernel makes the codes the kernel's own."""
+    keras.utils.set_random_seed(0)
+    images, _ = colour_images(32, seed=0)
+    model = build_model(num_classes=4, input_shape=(32, 32, 3))
+    generator = np.random.default_rng(0)
+    centroids = np.array([-0.9, -0.4, 0.0, 0.3, 0.7], np.float32)
+    conv = model.get_layer("conv")
+    kernel = generator.choice(centroids, conv.kernel.shape, p=[0.02, 0.2, 0.56, 0.2, 0.02])
+    kernel[..., :4] = np.where(np.abs(kernel[..., :4]) > 0.8, 0.3, kernel[..., :4])  # no -0.9
+    conv.kernel.assign(kernel)
+    bn = model.get_layer("conv_bn")  # Folded into the scales: one factor per channel.
+    bn.gamma.assign(generator.uniform(0.5, 2.0, 16))
+    bn.moving_variance.assign(generator.uniform(0.5, 2.0, 16))
+    qat_model = quantize.prepare_qat(model, preserve_sparsity=True, preserve_clusters=True)
+    qat_model(images.astype(np.float32), training=True)  # Sets each channel's range.
+    config = QuantizeConfig(formats=["int8"], calibration_samples=16)
+
+    def conv_codes(folder: str) -> np.ndarray:
+        path = quantize.export(qat_model, config, images, tmp_path / folder, ["int8"])["int8"]
+        (values,) = [v for name, (v, _) in int8_weights(path).items() if "quant_conv/" in name]
+        return values  # OHWI
+
+    per_channel = conv_codes("per_channel")
+    assert np.unique(per_channel).size > centroids.size  # What the shared ranges fix.
+    assert quantize.share_kernel_ranges(qat_model) == 3  # stem, dw, conv: not the Dense head
+    shared = conv_codes("shared")
+    assert np.unique(shared).size == centroids.size
+    expected = np.round(centroids / 0.9 * 127).astype(np.int8)
+    assert set(np.unique(shared)) == set(expected)
+    # The float kernel's zeros and membership are the same: only the codes' scale changed.
+    assert np.array_equal(shared == 0, np.moveaxis(kernel, -1, 0) == 0)
