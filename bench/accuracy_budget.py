@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         "--allocation", choices=("sensitivity", "global_magnitude"), default="sensitivity"
     )
     arguments.add_argument(
+        "--short-tensor-names",
+        action="store_true",
+        help="quantize.short_tensor_names in our compressed rows' files",
+    )
+    arguments.add_argument(
         "--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}"
     )
     arguments.add_argument(
@@ -229,6 +234,8 @@ def _settings(args, kind: str, sparsity: float) -> tuple[str, ...]:
             overrides.append(f"quantize.cluster_learning_rate={args.cluster_learning_rate:g}")
     if epochs["qat"]:
         overrides += ["quantize.qat=true", f"quantize.qat_epochs={epochs['qat']}"]
+    if args.short_tensor_names:
+        overrides.append("quantize.short_tensor_names=true")
     # Only the files the table reads: skipping float16 and dynamic_int8 saves minutes per row.
     return (*overrides, "quantize.formats=[float32, int8]")
 

@@ -257,6 +257,11 @@ class QuantizeConfig:
             Summed, a centroid shared by hundreds of weights can move up to hundreds of times
             faster than one weight at the same rate; use `average` (at a rate near 0.01) for more
             than one clustering epoch.
+        short_tensor_names: Rename every tensor of each exported file but the model's inputs
+            and outputs to its index (`t17`): the converter's names (`model/quant_conv2d/
+            Conv2D;model/quant_conv2d/LastValueQuant/...`) are 8.6 KB of a ResNet-20 int8 file
+            that nothing reads at inference. The signature and the input and output names stay;
+            tools that show tensor names (Netron, the quantization debugger) show indices.
     """
 
     formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
@@ -270,6 +275,7 @@ class QuantizeConfig:
     cluster_epochs: int = 1
     cluster_learning_rate: float = 0.001
     cluster_gradient: str = "sum"
+    short_tensor_names: bool = False
 
 
 @dataclass

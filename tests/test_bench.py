@@ -236,7 +236,7 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     args = argparse.Namespace(
         epochs=10, finetune_epochs=3, cluster_epochs=1, qat_epochs=1, clusters=16,
         allocation="sensitivity", seed=0, cluster_gradient="sum",
-        cluster_learning_rate=0.001,
+        cluster_learning_rate=0.001, short_tensor_names=False,
     )  # fmt: skip
     totals = {kind: accuracy_budget._epochs(args, kind)["total"] for kind in accuracy_budget.ROWS}
     assert set(totals.values()) == {15}
@@ -267,13 +267,25 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     assert accuracy_budget._settings(args, "no_pcqat", 0.8) == accuracy_budget._settings(
         argparse.Namespace(**{**vars(args), "cluster_gradient": "sum"}), "no_pcqat", 0.8
     )
+    # Short tensor names reach every row of ours, just before the formats, and no plain row.
+    assert not any("short_tensor_names" in setting for setting in best)
+    args.short_tensor_names = True
+    for kind in ("best", "no_pcqat", "no_qat"):
+        named = accuracy_budget._settings(args, kind, 0.8)
+        assert named[-2:] == (
+            "quantize.short_tensor_names=true",
+            "quantize.formats=[float32, int8]",
+        )
+    assert not any(
+        "short" in setting for setting in accuracy_budget._settings(args, "plain_tfmot", 0.8)
+    )
 
 
 def test_accuracy_budget_seed_reaches_every_run_and_seed_0_keeps_committed_settings(tmp_path):
     args = argparse.Namespace(
         epochs=10, finetune_epochs=8, cluster_epochs=1, qat_epochs=1, clusters=16,
         allocation="sensitivity", seed=0, cluster_gradient="sum",
-        cluster_learning_rate=0.001,
+        cluster_learning_rate=0.001, short_tensor_names=False,
     )  # fmt: skip
     kinds = ["dense", *accuracy_budget.ROWS]
     unseeded = {kind: accuracy_budget._settings(args, kind, 0.7) for kind in kinds}
@@ -307,7 +319,8 @@ def test_rows_that_do_not_use_the_chain_carry_over_to_another_split_of_it(tmp_pa
         return argparse.Namespace(
             epochs=10, finetune_epochs=finetune, cluster_epochs=cluster, qat_epochs=1,
             clusters=16, allocation="sensitivity", seed=0, cluster_gradient="sum",
-            cluster_learning_rate=0.001, quick=False, results_dir=tmp_path,
+            cluster_learning_rate=0.001, short_tensor_names=False, quick=False,
+            results_dir=tmp_path,
         )  # fmt: skip
 
     before = arguments(finetune=8, cluster=1)

@@ -224,3 +224,34 @@ def test_prune_preserving_qat_keeps_the_zeros_in_the_int8_file(colour_task, tmp_
     counts = evaluate.count_tflite_zeros(path["int8"])
     assert counts["zeros"] >= 0.95 * zeros
     assert counts["zeros_fraction"] >= 0.95 * 0.7
+
+
+@pytest.mark.parametrize("name", ["float32", "int8"])
+def test_short_tensor_names_keep_io_signature_and_predictions(
+    colour_task, exported, name, tmp_path
+):
+    model, images, _ = colour_task
+    config = QuantizeConfig(calibration_samples=16, short_tensor_names=True)
+    short = quantize.export(model, config, images, tmp_path, [name])[name]
+    original = exported[1][name]
+    assert short.stat().st_size < original.stat().st_size
+    interpreters = [Interpreter(model_path=str(path)) for path in (original, short)]
+    for interpreter in interpreters:
+        interpreter.allocate_tensors()
+    before, after = (i.get_tensor_details() for i in interpreters)
+    io = {
+        d["index"] for i in interpreters[:1] for d in i.get_input_details() + i.get_output_details()
+    }
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        expected = old["name"] if old["index"] in io else f"t{old['index']}"
+        assert new["name"] == expected
+        assert new["shape"].tolist() == old["shape"].tolist()
+    assert interpreters[1].get_signature_list() == interpreters[0].get_signature_list()
+    outputs = []
+    for interpreter in interpreters:
+        runner = interpreter.get_signature_runner()
+        (key,) = runner.get_input_details()
+        batch = images[:1].astype(runner.get_input_details()[key]["dtype"])
+        outputs.append(list(runner(**{key: batch}).values())[0])
+    np.testing.assert_array_equal(outputs[1], outputs[0])
