@@ -268,8 +268,8 @@ def prepare_qat(
     return qat_model
 
 
-def share_kernel_ranges(qat_model: keras.Model) -> int:
-    """Gives every output channel of each per-channel quantized kernel its kernel's widest range.
+def share_kernel_ranges(qat_model: keras.Model, max_values: int) -> int:
+    """Gives every output channel of each clustered kernel the kernel's widest range.
 
     For a clustered model, after the QAT fine-tune and before `export`. tfmot quantizes Conv2D
     and DepthwiseConv2D kernels per output channel, each channel on its own range, so the same
@@ -279,28 +279,33 @@ def share_kernel_ranges(qat_model: keras.Model) -> int:
     the per-channel scales, not into the codes), which the file's gzip codes in fewer bytes.
     The shared values then round on the coarser step of the widest channel, at most half of it.
 
-    Only for clustered kernels: a kernel with free values would lose the precision per-channel
-    ranges give its small channels. Running the model in training mode afterwards (a fit, a BN
-    recalibration) sets the ranges per channel again.
+    Only kernels holding at most `max_values` distinct values are set: a kernel with free values
+    (one clustering skipped) would lose the precision per-channel ranges give its small
+    channels. Running the model in training mode afterwards (a fit, a BN recalibration) sets
+    the ranges per channel again.
+
+    Args:
+        qat_model: A model from `prepare_qat`, fine-tuned.
+        max_values: The clusters per kernel (`quantize.weight_clusters`).
 
     Returns:
         How many kernels were set.
     """
     shared = 0
     for layer in qat_model.layers:
-        ranges = {
-            weight.name.rsplit("_", 1)[-1]: weight
-            for weight in layer.weights
-            if weight.name.endswith(("kernel_min:0", "kernel_max:0")) and weight.shape.rank == 1
-        }
-        if set(ranges) != {"min:0", "max:0"}:
+        kernel_weights, ranges = [], {}
+        for weight in layer.weights:
+            if weight.name.endswith(("kernel_min:0", "kernel_max:0")) and weight.shape.rank == 1:
+                ranges[weight.name[-5:-2]] = weight  # "min" or "max"
+            elif weight.name.endswith("kernel:0") and weight.shape.rank == 4:
+                kernel_weights.append(weight)
+        if len(kernel_weights) != 1 or set(ranges) != {"min", "max"}:
             continue
-        widest = max(
-            float(np.max(np.abs(ranges["min:0"].numpy()))),
-            float(np.max(np.abs(ranges["max:0"].numpy()))),
-        )
-        ranges["min:0"].assign(np.full(ranges["min:0"].shape, -widest, np.float32))
-        ranges["max:0"].assign(np.full(ranges["max:0"].shape, widest, np.float32))
+        if np.unique(kernel_weights[0].numpy()).size > max_values:
+            continue
+        widest = max(float(np.max(np.abs(ranges[end].numpy()))) for end in ranges)
+        ranges["min"].assign(np.full(ranges["min"].shape, -widest, np.float32))
+        ranges["max"].assign(np.full(ranges["max"].shape, widest, np.float32))
         shared += 1
     return shared
 

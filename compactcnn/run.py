@@ -577,7 +577,7 @@ def _quantization_aware_finetune(float_model, config: Config, training: Training
     if clustered:
         # One range per kernel, so a shared value is one int8 code in every channel: an
         # 80%-sparse ResNet-20 gzipped 1.14x smaller, its int8 accuracy +0.18 pt (bench/README.md).
-        quantize.share_kernel_ranges(local)
+        quantize.share_kernel_ranges(local, config.quantize.weight_clusters)
     return local
 
 
