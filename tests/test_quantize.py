@@ -239,9 +239,8 @@ def test_short_tensor_names_keep_io_signature_and_predictions(
     for interpreter in interpreters:
         interpreter.allocate_tensors()
     before, after = (i.get_tensor_details() for i in interpreters)
-    io = {
-        d["index"] for i in interpreters[:1] for d in i.get_input_details() + i.get_output_details()
-    }
+    first = interpreters[0]
+    io = {detail["index"] for detail in first.get_input_details() + first.get_output_details()}
     assert len(before) == len(after)
     for old, new in zip(before, after, strict=True):
         expected = old["name"] if old["index"] in io else f"t{old['index']}"
