@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments.set_defaults(finetune_epochs=8)
     arguments.add_argument("--cluster-epochs", type=int, default=1)
     arguments.add_argument("--qat-epochs", type=int, default=1, help="PCQAT fine-tune epochs")
+    arguments.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=0.1,
+        help="peak rate (cosine, no warm-up) of the pruning epochs, ours and plain tfmot's",
+    )
     arguments.add_argument("--sparsities", default="0.7,0.8,0.9")
     arguments.add_argument("--clusters", type=int, default=16, help="shared values per layer")
     arguments.add_argument(
@@ -177,7 +183,7 @@ def _budget(args) -> dict[str, Any]:
         },
         "config": common.JPEG_CONFIG,
         "config_sha256": hashlib.sha256(config).hexdigest(),
-        "finetune_learning_rate": runs.FINETUNE_LEARNING_RATE,
+        "finetune_learning_rate": args.finetune_learning_rate,
         "quick": args.quick,
     }
 
@@ -212,7 +218,12 @@ def _settings(args, kind: str, sparsity: float) -> tuple[str, ...]:
     if kind == "dense":
         return (f"train.epochs={args.epochs}", *seed)
     if kind == "plain_tfmot":
-        plain = ("bench.baseline", "--recipe strong", f"--prune-epochs {epochs['prune']}")
+        plain = (
+            "bench.baseline",
+            "--recipe strong",
+            f"--prune-epochs {epochs['prune']}",
+            f"--prune-learning-rate {args.finetune_learning_rate:g}",
+        )
         return plain + ((f"--seed {args.seed}",) if args.seed else ())
     overrides = [
         f"train.epochs={epochs['prune']}",
@@ -296,7 +307,12 @@ class _Context:
             )
         if kind == "plain_tfmot":
             out, metrics = runs.plain_tfmot(
-                self.recorder, args, sparsity, epochs["prune"], seed=args.seed
+                self.recorder,
+                args,
+                sparsity,
+                epochs["prune"],
+                seed=args.seed,
+                learning_rate=args.finetune_learning_rate,
             )
             return _row(
                 kind,
@@ -326,6 +342,7 @@ class _Context:
             extra=extra,
             suffix=f"-{kind}",
             epochs=epochs["prune"],
+            learning_rate=args.finetune_learning_rate,
         )
         return _row(
             kind,

@@ -55,14 +55,15 @@ def finetune(
     extra: tuple[str, ...] = (),
     suffix: str = "",
     epochs: int | None = None,
+    learning_rate: float = FINETUNE_LEARNING_RATE,
 ) -> tuple[Path, dict[str, Any]]:
     """The dense run fine-tuned with polynomial pruning to `sparsity` (`prune.from_run`) for
-    `epochs` (default `args.finetune_epochs`), with `extra` overrides and `suffix` appended to the
-    folder's label."""
+    `epochs` (default `args.finetune_epochs`) from `learning_rate` (cosine, no warm-up), with
+    `extra` overrides and `suffix` appended to the folder's label."""
     epochs = args.finetune_epochs if epochs is None else epochs
     overrides = [
         f"train.epochs={epochs}",
-        f"train.learning_rate={FINETUNE_LEARNING_RATE}",
+        f"train.learning_rate={learning_rate}",
         "train.warmup_epochs=0",
         "prune.schedule=polynomial",
         f"prune.final_sparsity={sparsity}",
@@ -112,16 +113,25 @@ def baseline(recorder, args, recipe: str = "strong", seed: int = 0) -> dict[str,
 
 
 def plain_tfmot(
-    recorder, args, sparsity: float, prune_epochs: int, seed: int = 0
+    recorder,
+    args,
+    sparsity: float,
+    prune_epochs: int,
+    seed: int = 0,
+    learning_rate: float = FINETUNE_LEARNING_RATE,
 ) -> tuple[Path, dict[str, Any]]:
     """The strong baseline after `args.epochs` (its dense folder shared with `baseline`), pruned
-    with plain tfmot to `sparsity` over `prune_epochs` and exported to int8 (bench/baseline.py).
+    with plain tfmot to `sparsity` over `prune_epochs` from `learning_rate` (cosine) and exported
+    to int8 (bench/baseline.py).
 
     Returns:
         The output folder (metrics.json, int8.tflite) and its metrics.
     """
     dense = _baseline_dir(args, f"baseline-strong-e{args.epochs}", seed)
     label = f"tfmot{round(sparsity * 100)}-e{args.epochs}-p{prune_epochs}"
+    # The folders made before the rate was an option were fine-tuned at the old default, 0.01.
+    if learning_rate != 0.01:
+        label += f"-lr{learning_rate:g}"
     out = _baseline_dir(args, label, seed)
     command = _baseline_command(args, "strong", seed) + [
         "--dense-dir",
@@ -130,6 +140,8 @@ def plain_tfmot(
         str(sparsity),
         "--prune-epochs",
         str(prune_epochs),
+        "--prune-learning-rate",
+        f"{learning_rate:g}",
     ]
     if args.quick:  # Tiny runs: every step updates the masks, few calibration images.
         command += ["--prune-frequency", "1", "--calibration-samples", "20", "--latency-runs", "5"]

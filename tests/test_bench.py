@@ -236,7 +236,7 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     args = argparse.Namespace(
         epochs=10, finetune_epochs=3, cluster_epochs=1, qat_epochs=1, clusters=16,
         allocation="sensitivity", seed=0, cluster_gradient="sum",
-        cluster_learning_rate=0.001, short_tensor_names=False,
+        cluster_learning_rate=0.001, short_tensor_names=False, finetune_learning_rate=0.1,
     )  # fmt: skip
     totals = {kind: accuracy_budget._epochs(args, kind)["total"] for kind in accuracy_budget.ROWS}
     assert set(totals.values()) == {15}
@@ -279,13 +279,16 @@ def test_every_accuracy_budget_row_gets_the_same_epochs_and_no_qat_none_of_qat()
     assert not any(
         "short" in setting for setting in accuracy_budget._settings(args, "plain_tfmot", 0.8)
     )
+    # Plain tfmot fine-tunes at the same peak rate as ours, and says so in its settings.
+    plain = accuracy_budget._settings(args, "plain_tfmot", 0.8)
+    assert "--prune-learning-rate 0.1" in plain
 
 
 def test_accuracy_budget_seed_reaches_every_run_and_seed_0_keeps_committed_settings(tmp_path):
     args = argparse.Namespace(
         epochs=10, finetune_epochs=8, cluster_epochs=1, qat_epochs=1, clusters=16,
         allocation="sensitivity", seed=0, cluster_gradient="sum",
-        cluster_learning_rate=0.001, short_tensor_names=False,
+        cluster_learning_rate=0.001, short_tensor_names=False, finetune_learning_rate=0.1,
     )  # fmt: skip
     kinds = ["dense", *accuracy_budget.ROWS]
     unseeded = {kind: accuracy_budget._settings(args, kind, 0.7) for kind in kinds}
@@ -319,8 +322,8 @@ def test_rows_that_do_not_use_the_chain_carry_over_to_another_split_of_it(tmp_pa
         return argparse.Namespace(
             epochs=10, finetune_epochs=finetune, cluster_epochs=cluster, qat_epochs=1,
             clusters=16, allocation="sensitivity", seed=0, cluster_gradient="sum",
-            cluster_learning_rate=0.001, short_tensor_names=False, quick=False,
-            results_dir=tmp_path,
+            cluster_learning_rate=0.001, short_tensor_names=False, finetune_learning_rate=0.1,
+            quick=False, results_dir=tmp_path,
         )  # fmt: skip
 
     before = arguments(finetune=8, cluster=1)
@@ -339,3 +342,6 @@ def test_rows_that_do_not_use_the_chain_carry_over_to_another_split_of_it(tmp_pa
     # Another total (one more pruning epoch) reuses nothing.
     longer = arguments(finetune=9, cluster=1)
     assert accuracy_budget._finished_rows(longer, accuracy_budget._budget(longer)) == {}
+    # Nor does another fine-tuning rate.
+    slower = argparse.Namespace(**{**vars(before), "finetune_learning_rate": 0.01})
+    assert accuracy_budget._finished_rows(slower, accuracy_budget._budget(slower)) == {}
