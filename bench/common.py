@@ -289,9 +289,25 @@ def timed_fit(model, dataset, batch_size: int, warmup_steps: int, steps: int, ca
     return timer.timed_steps * batch_size / timer.seconds
 
 
+# What a cached run depends on besides its settings: the code that trains and exports it.
+CODE_PATHS = ("compactcnn", "bench/baseline.py")
+
+
+def code_digest(root: Path = REPO_ROOT) -> str:
+    """A short hash of the Python sources under `CODE_PATHS`: the cache keys include it, so a run
+    made by other code is trained again instead of reused."""
+    digest = hashlib.sha256()
+    for name in CODE_PATHS:
+        path = root / name
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{source.relative_to(root).as_posix()}\0".encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def run_key(config: str, overrides: Sequence[str]) -> str:
-    """A short hash of a run's config file contents and overrides: equal settings, equal key."""
-    text = resolve(config).read_text() + "\n" + "\n".join(overrides)
+    """A short hash of a run's config file contents, overrides and code: equal key, equal run."""
+    text = resolve(config).read_text() + "\n" + "\n".join(overrides) + "\n" + code_digest()
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

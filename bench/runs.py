@@ -1,7 +1,7 @@
 """The cached training runs the accuracy benchmarks share: dense, pruned, fine-tuned, baseline.
 
 Each is a `compactcnn run` of configs/resnet20_cifar10_jpeg.yaml (or `python -m bench.baseline`)
-in `<cache>/<label>-<hash of settings>`; a benchmark asking for the same settings as another
+in `<cache>/<label>-<hash of settings and code>`; a benchmark asking for the same settings as another
 reuses its finished run instead of training again.
 """
 
@@ -149,7 +149,9 @@ def plain_tfmot(
 
 
 def _baseline_dir(args, label: str, seed: int) -> Path:
+    # The code's digest, as in `common.run_key`: a run of other code is not reused.
     label += (f"-s{seed}" if seed else "") + ("-quick" if args.quick else "")
+    label += f"-{common.code_digest()}"
     return common.relative(Path(args.cache_dir) / label)
 
 

@@ -210,6 +210,30 @@ def test_run_key_depends_on_every_setting_and_cached_runs_are_reused(tmp_path):
     assert "--set train.epochs=10" in recorder.commands[0]["command"]
 
 
+def test_cache_keys_change_with_the_code_that_makes_the_runs(tmp_path, monkeypatch):
+    (tmp_path / "compactcnn" / "models").mkdir(parents=True)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "compactcnn" / "models" / "resnet.py").write_text("WIDTH = 16\n")
+    (tmp_path / "bench" / "baseline.py").write_text("RATE = 0.1\n")
+    (tmp_path / "README.md").write_text("not code\n")
+    digest = common.code_digest(tmp_path)
+    assert digest == common.code_digest(tmp_path)
+    (tmp_path / "README.md").write_text("docs change nothing\n")
+    assert common.code_digest(tmp_path) == digest
+    (tmp_path / "bench" / "baseline.py").write_text("RATE = 0.01\n")
+    assert common.code_digest(tmp_path) != digest
+    (tmp_path / "bench" / "baseline.py").write_text("RATE = 0.1\n")
+    (tmp_path / "compactcnn" / "models" / "resnet.py").write_text("WIDTH = 32\n")
+    assert common.code_digest(tmp_path) != digest
+    # Both kinds of cached run, ours and the plain baseline's, are keyed by it.
+    key = common.run_key(common.JPEG_CONFIG, ["train.epochs=10"])
+    args = argparse.Namespace(quick=False, epochs=10, cache_dir=tmp_path)
+    plain = runs._baseline_dir(args, "baseline-strong-e10", 0)
+    monkeypatch.setattr(common, "code_digest", lambda: "other-code")
+    assert common.run_key(common.JPEG_CONFIG, ["train.epochs=10"]) != key
+    assert runs._baseline_dir(args, "baseline-strong-e10", 0) != plain
+
+
 def test_interleave_alternates_order_and_table_formats():
     calls = []
     measured = common.interleave(
