@@ -1,8 +1,8 @@
 """The cached training runs the accuracy benchmarks share: dense, pruned, fine-tuned, baseline.
 
 Each is a `compactcnn run` of configs/resnet20_cifar10_jpeg.yaml (or `python -m bench.baseline`)
-in `<cache>/<label>-<hash of settings and code>`; a benchmark asking for the same settings as another
-reuses its finished run instead of training again.
+in `<cache>/<label>-<hash of settings and code>`; a benchmark asking for the same settings as
+another reuses its finished run instead of training again.
 """
 
 from __future__ import annotations

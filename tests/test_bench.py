@@ -151,6 +151,9 @@ def test_accuracy_budget_quick_rows_measured_from_their_int8_files(tmp_path):
     assert any("prune.final_sparsity=0.7" in command for command in made["best", 0.7])
     assert not any("bench.baseline" in command for command in made["best", 0.7])
     assert any("--prune-sparsity 0.7" in command for command in made["plain_tfmot", 0.7])
+    # By default plain tfmot fine-tunes at our rate, and our files carry short tensor names.
+    assert any("--prune-learning-rate 0.1" in command for command in made["plain_tfmot", 0.7])
+    assert "quantize.short_tensor_names=true" in best["settings"]
     assert all(target["value"] is not None for target in payload["targets"].values())
     assert len(payload["targets"]) == 3
 
