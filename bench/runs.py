@@ -128,10 +128,7 @@ def plain_tfmot(
         The output folder (metrics.json, int8.tflite) and its metrics.
     """
     dense = _baseline_dir(args, f"baseline-strong-e{args.epochs}", seed)
-    label = f"tfmot{round(sparsity * 100)}-e{args.epochs}-p{prune_epochs}"
-    # The folders made before the rate was an option were fine-tuned at the old default, 0.01.
-    if learning_rate != 0.01:
-        label += f"-lr{learning_rate:g}"
+    label = f"tfmot{round(sparsity * 100)}-e{args.epochs}-p{prune_epochs}-lr{learning_rate:g}"
     out = _baseline_dir(args, label, seed)
     command = _baseline_command(args, "strong", seed) + [
         "--dense-dir",
