@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from bench import common, runs
-from compactcnn import evaluate
-from compactcnn.config import CLUSTER_GRADIENTS, QuantizeConfig
+from compactcnn import distribute, evaluate
+from compactcnn.config import CLUSTER_GRADIENTS, QuantizeConfig, load_config
 
 NAME = "accuracy_budget"
 # sparsity: (max int8 drop in points vs our dense model, min gzip compression vs dense float32)
@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 def _budget(args) -> dict[str, Any]:
     """What every row's epochs add up to, and what else must match for a row to be reused."""
     compression = args.finetune_epochs + args.cluster_epochs + args.qat_epochs
-    config = common.resolve(common.JPEG_CONFIG).read_bytes()
+    config_path = common.resolve(common.JPEG_CONFIG)
+    config = config_path.read_bytes()
+    # `train.precision: auto` trains in mixed_bfloat16 on a CPU that computes it natively and in
+    # float32 elsewhere: a row measured on the other kind of machine started from another dense
+    # model, so it is not reused.
+    precision, _ = distribute.choose_precision(load_config(config_path).train.precision)
     return {
         "dense_epochs": args.epochs,
         "compression_epochs": compression,
@@ -188,6 +193,7 @@ def _budget(args) -> dict[str, Any]:
         "config": common.JPEG_CONFIG,
         "config_sha256": hashlib.sha256(config).hexdigest(),
         "finetune_learning_rate": args.finetune_learning_rate,
+        "precision": precision,
         "quick": args.quick,
     }
 

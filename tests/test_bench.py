@@ -372,3 +372,25 @@ def test_rows_that_do_not_use_the_chain_carry_over_to_another_split_of_it(tmp_pa
     # Nor does another fine-tuning rate.
     slower = argparse.Namespace(**{**vars(before), "finetune_learning_rate": 0.01})
     assert accuracy_budget._finished_rows(slower, accuracy_budget._budget(slower)) == {}
+
+
+def test_accuracy_budget_reuses_no_row_measured_under_another_training_precision(tmp_path):
+    # `train.precision: auto` is mixed_bfloat16 on a CPU with native bfloat16, float32 elsewhere:
+    # rows of the other kind of machine started from another dense model.
+    args = argparse.Namespace(
+        epochs=10, finetune_epochs=8, cluster_epochs=1, qat_epochs=1,
+        finetune_learning_rate=0.1, quick=False, results_dir=str(tmp_path),
+    )  # fmt: skip
+    budget = accuracy_budget._budget(args)
+    assert budget["precision"] in ("float32", "mixed_bfloat16")
+    row = {"row": "plain_tfmot", "sparsity": 0.7, "settings": ["bench.baseline"]}
+    row["epochs"] = accuracy_budget._epochs(args, "plain_tfmot")
+    path = tmp_path / "accuracy_budget.json"
+    path.write_text(json.dumps({"results": {"budget": budget, "rows": [row]}}))
+    assert list(accuracy_budget._finished_rows(args, budget)) == [
+        ("plain_tfmot", 0.7, ("bench.baseline",))
+    ]
+    other = "float32" if budget["precision"] == "mixed_bfloat16" else "mixed_bfloat16"
+    elsewhere = budget | {"precision": other}
+    path.write_text(json.dumps({"results": {"budget": elsewhere, "rows": [row]}}))
+    assert accuracy_budget._finished_rows(args, budget) == {}
